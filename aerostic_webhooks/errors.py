@@ -1,0 +1,64 @@
+"""Errors raised by ``WebhookReceiver.receive``; each knows its HTTP status and public message."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "InvalidPayload",
+    "InvalidSignature",
+    "PayloadTooLarge",
+    "ProcessingFailed",
+    "StoreUnavailable",
+    "WebhookError",
+]
+
+
+class WebhookError(Exception):
+    """Base class: a delivery that is not acknowledged with a 2xx.
+
+    ``public_message`` is all a response may say; ``reason`` (the exception's text) is for
+    the log and never contains secrets, signatures or message content.
+    """
+
+    status_code: ClassVar[int] = 400
+    public_message: ClassVar[str] = "Bad request"
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason or self.public_message
+        super().__init__(self.reason)
+
+
+class InvalidSignature(WebhookError):
+    """The ``X-Aerostic-Signature`` header is missing, malformed, or matches no secret."""
+
+    status_code = 401
+    public_message = "Invalid signature"
+
+
+class InvalidPayload(WebhookError):
+    """The body is not valid JSON or not a valid Aerostic event."""
+
+    status_code = 400
+    public_message = "Invalid payload"
+
+
+class PayloadTooLarge(WebhookError):
+    """The body is longer than the receiver's ``max_body_bytes``."""
+
+    status_code = 413
+    public_message = "Payload too large"
+
+
+class StoreUnavailable(WebhookError):
+    """The store could not record the delivery; nothing was acknowledged, the sender retries."""
+
+    status_code = 503
+    public_message = "Temporarily unavailable"
+
+
+class ProcessingFailed(WebhookError):
+    """Inline mode only: a handler raised, so the delivery is not acknowledged."""
+
+    status_code = 500
+    public_message = "Processing failed"

@@ -1,0 +1,214 @@
+"""Typed models of Aerostic events, parsed straight from the raw body with pydantic-core."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
+
+from .errors import InvalidPayload
+
+__all__ = [
+    "AnyEvent",
+    "ContactCreated",
+    "ContactCreatedData",
+    "Event",
+    "MessageDelivered",
+    "MessageDeliveredData",
+    "MessageError",
+    "MessageFailed",
+    "MessageFailedData",
+    "MessageRead",
+    "MessageReadData",
+    "MessageReceived",
+    "MessageReceivedData",
+    "MessageSent",
+    "MessageSentData",
+    "UnknownEvent",
+    "parse_event",
+]
+
+
+def _aware(value: datetime) -> datetime:
+    """A timestamp without an offset is taken as UTC, so every datetime we hand out is aware."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_aware)]
+
+
+class _Model(BaseModel):
+    # extra="allow": the sender adds fields; we keep them and give them back on dump.
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+
+class MessageReceivedData(_Model):
+    """A message a customer sent to the business."""
+
+    id: str
+    from_: str = Field(alias="from")
+    type: str | None = None
+    text: str | None = None
+    wamid: str | None = None
+
+
+class _OutgoingMessageData(_Model):
+    id: str
+    to: str
+    status: str
+    wamid: str | None = None
+
+
+class MessageSentData(_OutgoingMessageData):
+    """A message the business sent, accepted by WhatsApp."""
+
+
+class MessageDeliveredData(_OutgoingMessageData):
+    """A message the business sent, delivered to the recipient's device."""
+
+    delivered_at: Timestamp | None = Field(default=None, alias="deliveredAt")
+
+
+class MessageReadData(_OutgoingMessageData):
+    """A message the business sent, read by the recipient."""
+
+    read_at: Timestamp | None = Field(default=None, alias="readAt")
+
+
+class MessageError(_Model):
+    """Why a message could not be sent, e.g. ``code="INVALID_RECIPIENT"``."""
+
+    code: str
+    message: str | None = None
+
+
+class MessageFailedData(_OutgoingMessageData):
+    """A message the business sent that could not be delivered."""
+
+    error: MessageError
+
+
+class ContactCreatedData(_Model):
+    """A contact added to the business's address book."""
+
+    id: str
+    phone: str
+    name: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class Event(_Model):
+    """Fields common to every event: its type name, when it happened, and its data."""
+
+    event: str
+    timestamp: Timestamp
+    data: Any
+
+
+class MessageReceived(Event):
+    event: Literal["message.received"]
+    data: MessageReceivedData
+
+
+class MessageSent(Event):
+    event: Literal["message.sent"]
+    data: MessageSentData
+
+
+class MessageDelivered(Event):
+    event: Literal["message.delivered"]
+    data: MessageDeliveredData
+
+
+class MessageRead(Event):
+    event: Literal["message.read"]
+    data: MessageReadData
+
+
+class MessageFailed(Event):
+    event: Literal["message.failed"]
+    data: MessageFailedData
+
+
+class ContactCreated(Event):
+    event: Literal["contact.created"]
+    data: ContactCreatedData
+
+
+class UnknownEvent(Event):
+    """An event type these models do not know yet: accepted, with ``data`` kept as a dict."""
+
+    event: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    data: dict[str, Any]
+
+
+KNOWN_EVENTS: dict[str, type[Event]] = {
+    "message.received": MessageReceived,
+    "message.sent": MessageSent,
+    "message.delivered": MessageDelivered,
+    "message.read": MessageRead,
+    "message.failed": MessageFailed,
+    "contact.created": ContactCreated,
+}
+_UNKNOWN_TAG = "<unknown>"
+
+
+def _tag(value: Any) -> str | None:
+    event = value.get("event") if isinstance(value, dict) else getattr(value, "event", None)
+    if not isinstance(event, str):
+        return None
+    return event if event in KNOWN_EVENTS else _UNKNOWN_TAG
+
+
+AnyEvent = Annotated[
+    Annotated[MessageReceived, Tag("message.received")]
+    | Annotated[MessageSent, Tag("message.sent")]
+    | Annotated[MessageDelivered, Tag("message.delivered")]
+    | Annotated[MessageRead, Tag("message.read")]
+    | Annotated[MessageFailed, Tag("message.failed")]
+    | Annotated[ContactCreated, Tag("contact.created")]
+    | Annotated[UnknownEvent, Tag(_UNKNOWN_TAG)],
+    Discriminator(
+        _tag,
+        custom_error_type="event_type",
+        custom_error_message="an object with a string 'event' field is required",
+    ),
+]
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(AnyEvent)
+
+
+def _describe(error: ValidationError) -> str:
+    """Say what was wrong without echoing input: the body may hold phone numbers and texts."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False)[:5]:
+        where = ".".join(str(part) for part in item["loc"] if part != _UNKNOWN_TAG) or "body"
+        what = item["type"]
+        if what == "json_invalid":
+            what = f"invalid JSON ({item['msg'].removeprefix('Invalid JSON: ')})"
+        problems.append(f"{where}: {what}")
+    return "; ".join(problems)
+
+
+def parse_event(body: bytes | bytearray | memoryview | str) -> Event:
+    """Parse and validate one event from the raw body; raise ``InvalidPayload`` if it is not one.
+
+    Known types become their model, any other type an ``UnknownEvent``; fields the models
+    do not declare are kept.
+    """
+    if isinstance(body, memoryview):
+        body = body.tobytes()
+    try:
+        return _ADAPTER.validate_json(body)
+    except ValidationError as error:
+        raise InvalidPayload(f"invalid payload: {_describe(error)}") from None

@@ -1,0 +1,354 @@
+"""``WebhookReceiver``: verify, parse, record and acknowledge; then hand events to handlers."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Literal, TypeVar
+
+from .errors import (
+    InvalidPayload,
+    InvalidSignature,
+    PayloadTooLarge,
+    ProcessingFailed,
+    StoreUnavailable,
+    WebhookError,
+)
+from .events import Event, parse_event
+from .signature import SIGNATURE_HEADER, Secrets, normalize_secrets, verify_with_keys
+from .stores.base import Record, Status, Store, utcnow
+from .stores.sqlite import SQLiteStore
+from .worker import DEFAULT_RETRY_DELAYS, LoopThread, Worker, new_owner_id
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "Headers", "Receipt", "WebhookReceiver", "default_event_id"]
+
+logger = logging.getLogger("aerostic_webhooks")
+
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+SECRET_ENV = "AEROSTIC_WEBHOOK_SECRET"  # noqa: S105 (the variable's name, not a secret)
+DB_ENV = "AEROSTIC_WEBHOOKS_DB"
+DEFAULT_DB = "aerostic_webhooks.sqlite3"
+_MAX_EVENT_ID = 512
+_MAX_ERROR_TEXT = 4000
+
+Headers = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[Any, Any]]
+Handler = Callable[[Any], Awaitable[None] | None]
+ErrorHook = Callable[[Any, BaseException], Awaitable[None] | None]
+H = TypeVar("H", bound=Handler)
+E = TypeVar("E", bound=ErrorHook)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receipt:
+    """What ``receive`` did with a delivery: the event, its identity, and whether it was seen."""
+
+    event: Event
+    event_id: str
+    duplicate: bool = False
+
+
+def default_event_id(event: Event, body: bytes) -> str:
+    """``"{event}:{data.id}"`` when the data has an id, else ``"sha256:{digest of the body}"``."""
+    data = event.data
+    data_id = data.get("id") if isinstance(data, dict) else getattr(data, "id", None)
+    if isinstance(data_id, bool) or not isinstance(data_id, (str, int)):
+        data_id = None
+    if data_id is not None and data_id != "":
+        event_id = f"{event.event}:{data_id}"
+        if len(event_id) <= _MAX_EVENT_ID:
+            return event_id
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _header(headers: Headers, name: str) -> str | bytes | None:
+    """Find a header whatever the mapping: case-insensitive ones, plain dicts, lists of pairs."""
+    getter = getattr(headers, "get", None)
+    if getter is not None:
+        for candidate in (name, name.lower()):
+            value = getter(candidate)
+            if value is not None:
+                return _single(value)
+    items: Iterable[tuple[Any, Any]] = headers.items() if isinstance(headers, Mapping) else headers
+    lower = name.lower()
+    for key, value in items:
+        text = key.decode("latin-1") if isinstance(key, bytes) else key
+        if isinstance(text, str) and text.lower() == lower:
+            return _single(value)
+    return None
+
+
+def _single(value: Any) -> str | bytes | None:
+    if isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return None
+
+
+def _pattern_matches(pattern: str, event_type: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:_MAX_ERROR_TEXT]
+
+
+class WebhookReceiver:
+    """Receives Aerostic webhooks: the pipeline every adapter calls, and the handler registry.
+
+    ``receive`` checks size, then signature, then parses, records and acknowledges; handlers
+    run later on a worker (or inside ``receive`` with ``process="inline"``).
+    """
+
+    def __init__(
+        self,
+        secret: Secrets | None = None,
+        *,
+        store: Store | None = None,
+        process: Literal["background", "inline"] = "background",
+        event_id: Callable[[Event], str] | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+        concurrency: int = 4,
+        lease_seconds: float = 30.0,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        if secret is None:
+            from_env = os.environ.get(SECRET_ENV, "")
+            secret = [part.strip() for part in from_env.split(",") if part.strip()]
+        self._keys = normalize_secrets(secret)
+        if process not in ("background", "inline"):
+            raise ValueError(f"process must be 'background' or 'inline', not {process!r}")
+        if max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive")
+        self.max_body_bytes = max_body_bytes
+        self.process = process
+        self._event_id = event_id
+        self.store: Store = store if store is not None else _default_store()
+        self._handlers: list[tuple[str, Handler]] = []
+        self._error_hooks: list[ErrorHook] = []
+        self._matching: dict[str, tuple[Handler, ...]] = {}
+        self._registry_lock = threading.Lock()
+        self._loop = LoopThread()
+        self._lease = lease_seconds
+        self._inline_owner = new_owner_id() + ":inline"
+        self._worker = Worker(
+            self.store,
+            self._process_record,
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+            retry_delays=retry_delays,
+            retention=retention,
+        )
+
+    # -- registration -------------------------------------------------------------------------
+
+    def on(self, pattern: str) -> Callable[[H], H]:
+        """Register a handler for an event type, a family (``"message.*"``) or all (``"*"``)."""
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError("an event pattern is a non-empty string such as 'message.received'")
+        if "*" in pattern.removesuffix(".*") and pattern != "*":
+            raise ValueError(f"unsupported pattern {pattern!r}: use 'type', 'family.*' or '*'")
+
+        def register(handler: H) -> H:
+            if not callable(handler):
+                raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+            with self._registry_lock:
+                self._handlers.append((pattern, handler))
+                self._matching = {}
+            return handler
+
+        return register
+
+    def on_error(self, hook: E) -> E:
+        """Register ``hook(event, error)``, called for every handler failure."""
+        if not callable(hook):
+            raise TypeError(f"error hook must be callable, not {type(hook).__name__}")
+        with self._registry_lock:
+            self._error_hooks.append(hook)
+        return hook
+
+    def handlers_for(self, event_type: str) -> tuple[Handler, ...]:
+        """The handlers ``event_type`` runs, in registration order."""
+        found = self._matching.get(event_type)
+        if found is None:
+            with self._registry_lock:
+                found = tuple(h for p, h in self._handlers if _pattern_matches(p, event_type))
+                if len(self._matching) < 1024:
+                    self._matching[event_type] = found
+        return found
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def receive(self, body: bytes | bytearray | memoryview, headers: Headers) -> Receipt:
+        """Verify, parse and record one delivery; raise a ``WebhookError`` if it is refused.
+
+        Returns once the delivery is recorded (or recognised as a duplicate); handlers have
+        not run yet unless the receiver is inline.
+        """
+        try:
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"body of {len(body)} bytes is over the limit of {self.max_body_bytes}"
+                )
+            try:
+                verify_with_keys(body, _header(headers, SIGNATURE_HEADER), self._keys)
+            except InvalidSignature:
+                raise
+            except Exception:  # a header mapping that does not behave like one
+                raise InvalidSignature("signature header unreadable") from None
+            raw = bytes(body)
+            event = parse_event(raw)
+        except WebhookError as error:
+            logger.warning("rejected a delivery: %s", error.reason)
+            raise
+        event_id = self._identify(event, raw)
+        if self.process == "inline":
+            return self._receive_inline(event, event_id, raw)
+        record = Record(event_id=event_id, event_type=event.event, body=raw, received_at=utcnow())
+        if not self._add(record):
+            logger.debug("duplicate delivery of %s acknowledged", event_id)
+            return Receipt(event, event_id, duplicate=True)
+        if not self._worker.running:
+            self._worker.start()
+        self._worker.wake()
+        logger.debug("recorded %s", event_id)
+        return Receipt(event, event_id)
+
+    def _identify(self, event: Event, body: bytes) -> str:
+        if self._event_id is None:
+            return default_event_id(event, body)
+        try:
+            event_id = self._event_id(event)
+        except Exception:
+            logger.exception("the event_id callable raised; using the default identity")
+            return default_event_id(event, body)
+        if not isinstance(event_id, str) or not event_id or len(event_id) > _MAX_EVENT_ID:
+            logger.error("the event_id callable returned no usable id; using the default identity")
+            return default_event_id(event, body)
+        return event_id
+
+    def _add(self, record: Record) -> bool:
+        try:
+            return self.store.add(record)
+        except StoreUnavailable as error:
+            logger.warning("store unavailable, delivery refused: %s", error.reason)
+            raise
+        except Exception as error:
+            logger.warning("store unavailable, delivery refused: %s", type(error).__name__)
+            raise StoreUnavailable(f"store raised {type(error).__name__}") from error
+
+    def _receive_inline(self, event: Event, event_id: str, body: bytes) -> Receipt:
+        now = utcnow()
+        record = Record(
+            event_id=event_id,
+            event_type=event.event,
+            body=body,
+            received_at=now,
+            status=Status.PROCESSING,
+            attempts=1,
+            lease_owner=self._inline_owner,
+            lease_expires_at=now + timedelta(seconds=self._lease),
+        )
+        if not self._add(record):
+            # A record whose lease ran out (its process died mid-handler) is ours to finish.
+            taken = self.store.take(event_id, self._inline_owner, lease=self._lease)
+            if taken is None:
+                logger.debug("duplicate delivery of %s acknowledged", event_id)
+                return Receipt(event, event_id, duplicate=True)
+        errors = self._run_handlers(event, event_id)
+        if errors:
+            self.store.release(event_id, self._inline_owner)
+            raise ProcessingFailed(f"{len(errors)} handler(s) failed for {event_id}")
+        self.store.complete(event_id, self._inline_owner)
+        return Receipt(event, event_id)
+
+    # -- processing ---------------------------------------------------------------------------
+
+    def _process_record(self, record: Record) -> str | None:
+        """Run the handlers of a stored record: ``None`` on success, else the first error."""
+        try:
+            event = parse_event(record.body)
+        except InvalidPayload as error:
+            return error.reason
+        errors = self._run_handlers(event, record.event_id)
+        return _error_text(errors[0]) if errors else None
+
+    def _run_handlers(self, event: Event, event_id: str) -> list[BaseException]:
+        """Run every matching handler in order; a failure does not stop the ones after it."""
+        handlers = self.handlers_for(event.event)
+        if not handlers:
+            logger.debug("no handler for %s; marked done", event.event)
+        errors: list[BaseException] = []
+        for handler in handlers:
+            try:
+                self._call(handler, event)
+            except Exception as error:
+                errors.append(error)
+                logger.error(
+                    "handler %s raised for %s",
+                    getattr(handler, "__qualname__", repr(handler)),
+                    event_id,
+                    exc_info=error,
+                )
+                self._report(event, error)
+        return errors
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> None:
+        result = function(*args)
+        if inspect.isawaitable(result):
+            self._loop.run(result)
+
+    def _report(self, event: Event, error: BaseException) -> None:
+        for hook in tuple(self._error_hooks):
+            try:
+                self._call(hook, event, error)
+            except Exception:
+                logger.exception("error hook %s raised", getattr(hook, "__qualname__", hook))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background worker (``receive`` and ``drain`` also start it)."""
+        if self.process == "background":
+            self._worker.start()
+
+    def retry(self, event_id: str) -> bool:
+        """Queue a failed (or done, or scheduled) record again now; ``False`` if it cannot be."""
+        requeued = self.store.requeue(event_id)
+        if requeued and self.process == "background":
+            self._worker.start()
+            self._worker.wake()
+        return requeued
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until the work due now is done; ``False`` if ``timeout`` seconds ran out first."""
+        if self.process == "inline":
+            return True
+        return self._worker.drain(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker (waiting up to ``timeout`` for running handlers) and the store."""
+        self._worker.close(timeout)
+        self._loop.close()
+        self.store.close()
+
+    def __enter__(self) -> WebhookReceiver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _default_store() -> Store:
+    return SQLiteStore(os.environ.get(DB_ENV) or DEFAULT_DB)

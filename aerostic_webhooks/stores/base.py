@@ -1,0 +1,134 @@
+"""The Store protocol: the one source of truth for what was received and what became of it."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Record", "Status", "Store", "utcnow"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Status(str, enum.Enum):
+    """A record's state: pending -> processing -> done, back to pending, or failed."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """One delivery as the store keeps it.
+
+    ``attempts`` counts handler runs started (a claim is an attempt). ``next_attempt_at`` is
+    when a pending record becomes due; ``lease_owner`` and ``lease_expires_at`` say which
+    worker holds a processing record and until when.
+    """
+
+    event_id: str
+    event_type: str
+    body: bytes
+    received_at: datetime
+    status: Status = Status.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def replace(self, **changes: object) -> Record:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the receiver, the worker, the CLI and the admin need of a store.
+
+    Methods that change a claimed record take the claimant's ``owner`` and do nothing
+    (returning ``False``) when the record is no longer held by it. ``add`` raises
+    ``StoreUnavailable`` when it cannot persist; other methods may raise what they like and
+    the worker logs it and tries again later.
+    """
+
+    def add(self, record: Record) -> bool:
+        """Record a new delivery; ``False`` if one with this ``event_id`` is already kept."""
+        ...
+
+    def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
+        """Take up to ``limit`` due records (pending and due, or with an expired lease)."""
+        ...
+
+    def take(self, event_id: str, owner: str, *, lease: float) -> Record | None:
+        """Claim one record by id if it is claimable now."""
+        ...
+
+    def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+        """Extend the leases ``owner`` holds on these records."""
+        ...
+
+    def complete(self, event_id: str, owner: str) -> bool:
+        """Mark a claimed record done."""
+        ...
+
+    def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:
+        """Put a claimed record back to pending, due at ``at``, keeping ``error``."""
+        ...
+
+    def fail(self, event_id: str, owner: str, *, error: str) -> bool:
+        """Dead-letter a claimed record: status failed, ``error`` kept."""
+        ...
+
+    def release(self, event_id: str, owner: str) -> bool:
+        """Forget a claimed record, so that a redelivery is taken as new (inline mode)."""
+        ...
+
+    def requeue(self, event_id: str) -> bool:
+        """Make a failed, done or scheduled record due now with a fresh attempt count."""
+        ...
+
+    def requeue_failed(self) -> int:
+        """``requeue`` every failed record; return how many."""
+        ...
+
+    def get(self, event_id: str) -> Record | None:
+        """One record by id."""
+        ...
+
+    def list(
+        self,
+        *,
+        status: Status | None = None,
+        event_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Record]:
+        """Records, newest first, optionally filtered by status and event type."""
+        ...
+
+    def counts(self) -> dict[Status, int]:
+        """How many records are in each status (every status present, zero included)."""
+        ...
+
+    def next_due(self) -> datetime | None:
+        """When the earliest record becomes claimable, or ``None`` if none will."""
+        ...
+
+    def purge(self, *, older_than: datetime) -> int:
+        """Delete done and failed records received before ``older_than``; return how many."""
+        ...
+
+    def close(self) -> None:
+        """Release resources; the store is not used afterwards."""
+        ...

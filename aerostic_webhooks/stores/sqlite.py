@@ -1,0 +1,352 @@
+"""The default store: an SQLite file (WAL mode) that several processes on one host can share."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import StoreUnavailable
+from .base import Record, Status
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+_TABLE = "aerostic_webhook_records"
+# Each entry upgrades the schema by one version; a file is migrated on open.
+_MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE {_TABLE} (
+        event_id TEXT PRIMARY KEY,
+        event_type TEXT NOT NULL,
+        body BLOB NOT NULL,
+        received_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt_at REAL,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        updated_at REAL,
+        -- when the record can next be claimed: next_attempt_at if pending,
+        -- lease_expires_at if processing, NULL once done or failed
+        due_at REAL
+    );
+    CREATE INDEX {_TABLE}_due ON {_TABLE} (due_at) WHERE due_at IS NOT NULL;
+    CREATE INDEX {_TABLE}_received ON {_TABLE} (received_at);
+    CREATE INDEX {_TABLE}_status ON {_TABLE} (status, received_at);
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+_COLUMNS = (
+    "event_id, event_type, body, received_at, status, attempts, last_error, "
+    "next_attempt_at, lease_owner, lease_expires_at, updated_at"
+)
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+def _record(row: sqlite3.Row) -> Record:
+    return Record(
+        event_id=row[0],
+        event_type=row[1],
+        body=bytes(row[2]),
+        received_at=datetime.fromtimestamp(row[3], timezone.utc),
+        status=Status(row[4]),
+        attempts=row[5],
+        last_error=row[6],
+        next_attempt_at=_dt(row[7]),
+        lease_owner=row[8],
+        lease_expires_at=_dt(row[9]),
+        updated_at=_dt(row[10]),
+    )
+
+
+class SQLiteStore:
+    """A ``Store`` in one SQLite file.
+
+    WAL mode lets readers and one writer work at once; every change is one short
+    transaction, so processes sharing the file (gunicorn workers, the worker command) wait
+    at most ``busy_timeout`` seconds for each other. ``synchronous`` is SQLite's own setting:
+    ``"FULL"`` (the default) survives power loss; ``"NORMAL"`` is faster and survives a
+    crash of the process but not of the machine.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "aerostic_webhooks.sqlite3",
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: str = "FULL",
+    ) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous}")
+        self.path = os.fspath(path)
+        self._busy_timeout = busy_timeout
+        self._synchronous = synchronous.upper()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as error:
+            raise StoreUnavailable(
+                f"cannot open the SQLite inbox at {self.path!r}: {error} "
+                f"(does the directory {str(Path(self.path).parent)!r} exist and is it writable?)"
+            ) from error
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._migrate(conn)
+        except sqlite3.Error as error:
+            conn.close()
+            raise StoreUnavailable(
+                f"cannot use the SQLite inbox at {self.path!r}: {error}"
+            ) from error
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} is newer than this library's {SCHEMA_VERSION}"
+                )
+            for step in _MIGRATIONS[version:]:
+                for statement in step.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        with self._cursor() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _cursor(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; ``write`` wraps the block in one IMMEDIATE txn."""
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connection is not ours
+                self._pid = os.getpid()
+                self._conn = self._open()
+            conn = self._conn
+            if not write:
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def add(self, record: Record) -> bool:
+        due = record.next_attempt_at or record.received_at
+        due_at = _ts(due) if record.status is Status.PENDING else _ts(record.lease_expires_at)
+        try:
+            with self._cursor() as conn:
+                cursor = conn.execute(
+                    f"INSERT OR IGNORE INTO {_TABLE} ({_COLUMNS}, due_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.event_id,
+                        record.event_type,
+                        record.body,
+                        _ts(record.received_at),
+                        record.status.value,
+                        record.attempts,
+                        record.last_error,
+                        _ts(due) if record.status is Status.PENDING else None,
+                        record.lease_owner,
+                        _ts(record.lease_expires_at),
+                        _ts(record.received_at),
+                        due_at,
+                    ),
+                )
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"SQLite could not record the delivery: {error}") from error
+        return cursor.rowcount == 1
+
+    def _claim_where(
+        self, conn: sqlite3.Connection, event_ids: Sequence[str], owner: str, lease: float
+    ) -> list[Record]:
+        now = time.time()
+        expires = now + lease
+        marks = ",".join("?" * len(event_ids))
+        conn.execute(
+            f"UPDATE {_TABLE} SET status = 'processing', attempts = attempts + 1, "
+            "next_attempt_at = NULL, lease_owner = ?, lease_expires_at = ?, due_at = ?, "
+            f"updated_at = ? WHERE event_id IN ({marks})",
+            (owner, expires, expires, now, *event_ids),
+        )
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM {_TABLE} WHERE event_id IN ({marks}) ORDER BY received_at",
+            tuple(event_ids),
+        ).fetchall()
+        return [_record(row) for row in rows]
+
+    def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
+        with self._cursor(write=True) as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT event_id FROM {_TABLE} WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+                    (time.time(), limit),
+                )
+            ]
+            return self._claim_where(conn, ids, owner, lease) if ids else []
+
+    def take(self, event_id: str, owner: str, *, lease: float) -> Record | None:
+        with self._cursor(write=True) as conn:
+            row = conn.execute(
+                f"SELECT 1 FROM {_TABLE} WHERE event_id = ? AND due_at <= ?",
+                (event_id, time.time()),
+            ).fetchone()
+            if row is None:
+                return None
+            return self._claim_where(conn, [event_id], owner, lease)[0]
+
+    def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+        expires = time.time() + lease
+        with self._cursor(write=True) as conn:
+            conn.executemany(
+                f"UPDATE {_TABLE} SET lease_expires_at = ?, due_at = ? "
+                "WHERE event_id = ? AND status = 'processing' AND lease_owner = ?",
+                [(expires, expires, event_id, owner) for event_id in event_ids],
+            )
+
+    def _finish(self, event_id: str, owner: str, assignments: str, *params: object) -> bool:
+        with self._cursor() as conn:
+            cursor = conn.execute(
+                f"UPDATE {_TABLE} SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, "
+                "updated_at = ? WHERE event_id = ? AND status = 'processing' AND lease_owner = ?",
+                (*params, time.time(), event_id, owner),
+            )
+        return cursor.rowcount == 1
+
+    def complete(self, event_id: str, owner: str) -> bool:
+        return self._finish(event_id, owner, "status = 'done', due_at = NULL")
+
+    def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:
+        return self._finish(
+            event_id,
+            owner,
+            "status = 'pending', next_attempt_at = ?, due_at = ?, last_error = ?",
+            at.timestamp(),
+            at.timestamp(),
+            error,
+        )
+
+    def fail(self, event_id: str, owner: str, *, error: str) -> bool:
+        return self._finish(
+            event_id, owner, "status = 'failed', due_at = NULL, last_error = ?", error
+        )
+
+    def release(self, event_id: str, owner: str) -> bool:
+        with self._cursor() as conn:
+            cursor = conn.execute(
+                f"DELETE FROM {_TABLE} WHERE event_id = ? AND status = 'processing' "
+                "AND lease_owner = ?",
+                (event_id, owner),
+            )
+        return cursor.rowcount == 1
+
+    _REQUEUE = (
+        f"UPDATE {_TABLE} SET status = 'pending', attempts = 0, next_attempt_at = ?1, "
+        "due_at = ?1, updated_at = ?1 WHERE status != 'processing'"
+    )
+
+    def requeue(self, event_id: str) -> bool:
+        with self._cursor() as conn:
+            cursor = conn.execute(self._REQUEUE + " AND event_id = ?2", (time.time(), event_id))
+        return cursor.rowcount == 1
+
+    def requeue_failed(self) -> int:
+        with self._cursor() as conn:
+            cursor = conn.execute(self._REQUEUE + " AND status = 'failed'", (time.time(),))
+        return cursor.rowcount
+
+    def get(self, event_id: str) -> Record | None:
+        with self._cursor() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM {_TABLE} WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def list(
+        self,
+        *,
+        status: Status | None = None,
+        event_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Record]:
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(Status(status).value)
+        if event_type is not None:
+            clauses.append("event_type = ?")
+            params.append(event_type)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._cursor() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM {_TABLE} {where} "
+                "ORDER BY received_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def counts(self) -> dict[Status, int]:
+        counts = dict.fromkeys(Status, 0)
+        with self._cursor() as conn:
+            for status, count in conn.execute(
+                f"SELECT status, COUNT(*) FROM {_TABLE} GROUP BY status"
+            ):
+                counts[Status(status)] = count
+        return counts
+
+    def next_due(self) -> datetime | None:
+        with self._cursor() as conn:
+            row = conn.execute(f"SELECT MIN(due_at) FROM {_TABLE}").fetchone()
+        return _dt(row[0])
+
+    def purge(self, *, older_than: datetime) -> int:
+        with self._cursor() as conn:
+            cursor = conn.execute(
+                f"DELETE FROM {_TABLE} WHERE status IN ('done', 'failed') AND received_at < ?",
+                (older_than.timestamp(),),
+            )
+        return cursor.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r})"

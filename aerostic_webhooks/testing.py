@@ -1,0 +1,100 @@
+"""Helpers for tests and demos: the sender's sample payloads, signed as the sender signs them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from .signature import SIGNATURE_HEADER, sign
+
+__all__ = ["SAMPLE_PAYLOADS", "sample_body", "sample_payload", "signed_request"]
+
+#: The six sample events from Aerostic's webhook documentation, exactly as published.
+SAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
+    "message.received": {
+        "event": "message.received",
+        "timestamp": "2026-01-30T15:45:00Z",
+        "data": {
+            "id": "msg_abc123",
+            "from": "+919876543210",
+            "type": "text",
+            "text": "Hi, I need help with my order",
+            "wamid": "wamid.ABGGFlC...",
+        },
+    },
+    "message.sent": {
+        "event": "message.sent",
+        "timestamp": "2026-01-30T15:45:05Z",
+        "data": {
+            "id": "msg_def456",
+            "to": "+919876543210",
+            "status": "sent",
+            "wamid": "wamid.ABGGFlC...",
+        },
+    },
+    "message.delivered": {
+        "event": "message.delivered",
+        "timestamp": "2026-01-30T15:45:10Z",
+        "data": {
+            "id": "msg_def456",
+            "to": "+919876543210",
+            "status": "delivered",
+            "deliveredAt": "2026-01-30T15:45:10Z",
+        },
+    },
+    "message.read": {
+        "event": "message.read",
+        "timestamp": "2026-01-30T15:46:00Z",
+        "data": {
+            "id": "msg_def456",
+            "to": "+919876543210",
+            "status": "read",
+            "readAt": "2026-01-30T15:46:00Z",
+        },
+    },
+    "message.failed": {
+        "event": "message.failed",
+        "timestamp": "2026-01-30T15:45:05Z",
+        "data": {
+            "id": "msg_ghi789",
+            "to": "+919876543210",
+            "status": "failed",
+            "error": {"code": "INVALID_RECIPIENT", "message": "Phone number is not on WhatsApp"},
+        },
+    },
+    "contact.created": {
+        "event": "contact.created",
+        "timestamp": "2026-01-30T15:45:00Z",
+        "data": {
+            "id": "contact_xyz",
+            "phone": "+919876543210",
+            "name": "John Doe",
+            "tags": ["new", "website"],
+        },
+    },
+}
+
+
+def sample_payload(event_type: str, **data_overrides: Any) -> dict[str, Any]:
+    """A deep copy of the documented sample for ``event_type``, with ``data`` fields overridden."""
+    try:
+        payload = copy.deepcopy(SAMPLE_PAYLOADS[event_type])
+    except KeyError:
+        known = ", ".join(SAMPLE_PAYLOADS)
+        raise ValueError(f"no sample for {event_type!r}; samples exist for {known}") from None
+    payload["data"].update(data_overrides)
+    return payload
+
+
+def sample_body(event_type: str, **data_overrides: Any) -> bytes:
+    """``sample_payload`` serialised as the sender sends it (compact JSON, UTF-8)."""
+    return json.dumps(sample_payload(event_type, **data_overrides), ensure_ascii=False).encode()
+
+
+def signed_request(
+    payload: dict[str, Any] | bytes, secret: str | bytes
+) -> tuple[bytes, dict[str, str]]:
+    """``(body, headers)`` for a delivery signed with ``secret``, ready for ``receive``."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return body, {SIGNATURE_HEADER: sign(body, secret), "Content-Type": "application/json"}
