@@ -1,0 +1,107 @@
+"""What reaches the logs: rejections at WARNING with a reason; never secrets or message content."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from aerostic_webhooks import (
+    Event,
+    InvalidPayload,
+    InvalidSignature,
+    MemoryStore,
+    PayloadTooLarge,
+    WebhookError,
+    WebhookReceiver,
+    sign,
+)
+from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body, sample_payload
+
+SECRETS = ["whsec_current_TOPSECRET", "whsec_previous_TOPSECRET"]
+PHONE = "+919876543210"
+TEXT = "Hi, I need help with my order"
+
+
+def test_a_full_run_logs_no_secret_signature_phone_or_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aerostic_webhooks")
+    signatures: list[str] = []
+    with WebhookReceiver(
+        SECRETS, store=MemoryStore(), retry_delays=(0,), max_body_bytes=4096
+    ) as webhooks:
+
+        @webhooks.on("*")
+        def fails(event: Event) -> None:
+            raise RuntimeError("handler failed")
+
+        webhooks.on_error(lambda event, error: None)
+        for event_type in SAMPLE_PAYLOADS:
+            body = sample_body(event_type)
+            signature = sign(body, SECRETS[0])
+            signatures.append(signature)
+            webhooks.receive(body, {"X-Aerostic-Signature": signature})
+            webhooks.receive(body, {"X-Aerostic-Signature": signature})  # duplicate
+        body = sample_body("message.received", id="forged")
+        forged = sign(body, "not the secret")
+        signatures.append(forged)
+        rejections = [
+            (body, {"X-Aerostic-Signature": forged}),
+            (body, {"X-Aerostic-Signature": "sha1=" + forged[7:]}),
+            (body, {}),
+            (b"x" * 5000, {}),
+        ]
+        payload = sample_payload("message.received")
+        payload["timestamp"] = "yesterday"  # signed, but not a valid event: its text stays out
+        invalid = json.dumps(payload).encode()
+        signatures.append(sign(invalid, SECRETS[0]))
+        rejections.append((invalid, {"X-Aerostic-Signature": signatures[-1]}))
+        for bad_body, headers in rejections:
+            with pytest.raises(WebhookError):
+                webhooks.receive(bad_body, headers)
+        assert webhooks.drain(5)
+
+    visible = [r for r in caplog.records if r.levelno >= logging.INFO]
+    text = "\n".join(
+        r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+        for r in visible
+    )
+    assert visible, "the run should have logged rejections and failures"
+    for secret in SECRETS:
+        assert secret not in text
+    for signature in signatures:
+        assert signature[7:] not in text
+        assert signature[7:23] not in text  # not even a prefix of the hex
+    assert PHONE not in text
+    assert "9876543210" not in text
+    assert TEXT not in text
+    assert "John Doe" not in text
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "error", "reason"),
+    [
+        (b"{}", {}, InvalidSignature, "signature header missing"),
+        (b"{}", {"X-Aerostic-Signature": "md5=abc"}, InvalidSignature, "malformed"),
+        (b"{}", {"X-Aerostic-Signature": sign(b"{}", "x")}, InvalidSignature, "does not match"),
+        (b"x" * 2000, {}, PayloadTooLarge, "over the limit"),
+        (b"nope", {"X-Aerostic-Signature": sign(b"nope", "s")}, InvalidPayload, "invalid JSON"),
+    ],
+)
+def test_each_rejection_is_logged_at_warning_with_its_reason(
+    caplog: pytest.LogCaptureFixture,
+    body: bytes,
+    headers: dict[str, str],
+    error: type[WebhookError],
+    reason: str,
+) -> None:
+    with (
+        WebhookReceiver("s", store=MemoryStore(), max_body_bytes=1000) as webhooks,
+        pytest.raises(error),
+    ):
+        webhooks.receive(body, headers)
+    [logged] = [r for r in caplog.records if r.name == "aerostic_webhooks"]
+    assert logged.levelno == logging.WARNING
+    assert reason in logged.getMessage()

@@ -1,0 +1,93 @@
+"""The project's promises about itself: Quickstart and CI in step, the demo, the public API."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import aerostic_webhooks
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "aerostic_webhooks"
+OPTIONAL = {"flask", "django", "starlette", "fastapi", "redis", "uvicorn", "werkzeug", "gunicorn"}
+ADAPTERS = {"flask.py", "starlette.py", "fastapi.py", "cli.py", "testing.py", "redis.py"}
+
+
+def quickstart_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.+?)\n```", section, flags=re.DOTALL)
+
+
+def test_quickstart_has_exactly_two_commands_and_ci_runs_the_second() -> None:
+    commands = quickstart_commands()
+    assert len(commands) == 2
+    assert all("\n" not in command for command in commands)
+    assert "examples/demo.py" in commands[0]
+    assert "pytest" in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci, ".ci/run must run the README's test command verbatim"
+
+
+def test_the_demo_passes() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo passed" in result.stdout
+    assert "+919876543210" not in result.stderr  # the demo's log lines carry no phone number
+
+
+def test_public_api_is_exactly_the_designed_names() -> None:
+    assert set(aerostic_webhooks.__all__) == {
+        "WebhookReceiver",
+        "Receipt",
+        "sign",
+        "verify_signature",
+        "parse_event",
+        "Event",
+        "MessageReceived",
+        "MessageSent",
+        "MessageDelivered",
+        "MessageRead",
+        "MessageFailed",
+        "ContactCreated",
+        "UnknownEvent",
+        "WebhookError",
+        "InvalidSignature",
+        "InvalidPayload",
+        "PayloadTooLarge",
+        "StoreUnavailable",
+        "ProcessingFailed",
+        "MemoryStore",
+        "SQLiteStore",
+    }
+    for name in aerostic_webhooks.__all__:
+        assert hasattr(aerostic_webhooks, name)
+
+
+def test_package_is_typed() -> None:
+    assert (PACKAGE / "py.typed").is_file()
+
+
+def test_core_imports_no_framework_or_optional_dependency_at_module_level() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.name in ADAPTERS or relative.parts[0] == "django":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in OPTIONAL, f"{relative} imports {name}"

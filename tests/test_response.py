@@ -1,0 +1,59 @@
+"""The response contract: every outcome maps to the status and body DESIGN.md's table gives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aerostic_webhooks import (
+    InvalidPayload,
+    InvalidSignature,
+    MessageReceived,
+    PayloadTooLarge,
+    ProcessingFailed,
+    Receipt,
+    StoreUnavailable,
+    WebhookError,
+    parse_event,
+)
+from aerostic_webhooks.response import CONTENT_TYPE, render
+from aerostic_webhooks.testing import sample_body
+
+CONTRACT = [
+    (InvalidSignature, 401, {"error": "Invalid signature"}),
+    (InvalidPayload, 400, {"error": "Invalid payload"}),
+    (PayloadTooLarge, 413, {"error": "Payload too large"}),
+    (StoreUnavailable, 503, {"error": "Temporarily unavailable"}),
+    (ProcessingFailed, 500, {"error": "Processing failed"}),
+]
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_accepted_new_or_duplicate(duplicate: bool) -> None:
+    event = parse_event(sample_body("message.received"))
+    assert isinstance(event, MessageReceived)
+    status, body = render(Receipt(event, "message.received:msg_abc123", duplicate))
+    assert status == 200
+    assert json.loads(body) == {"received": True}
+
+
+@pytest.mark.parametrize(("error_class", "status", "payload"), CONTRACT)
+def test_errors(error_class: type[WebhookError], status: int, payload: dict[str, str]) -> None:
+    error = error_class("internal detail with +919876543210 that must not leak")
+    assert error.status_code == status
+    rendered_status, body = render(error)
+    assert rendered_status == status
+    assert json.loads(body) == payload
+    assert b"9876543210" not in body
+
+
+def test_content_type_is_json() -> None:
+    assert CONTENT_TYPE == "application/json"
+
+
+def test_error_reason_is_kept_for_the_log_only() -> None:
+    error = InvalidSignature("signature does not match any secret")
+    assert error.reason == "signature does not match any secret"
+    assert error.public_message == "Invalid signature"
+    assert InvalidSignature().reason == "Invalid signature"

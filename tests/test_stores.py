@@ -1,0 +1,208 @@
+"""The Store contract, held against every store that ships in the core."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from aerostic_webhooks import MemoryStore, SQLiteStore
+from aerostic_webhooks.stores import Record, Status, Store
+from aerostic_webhooks.stores.base import utcnow
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+    yield made
+    made.close()
+
+
+def record(event_id: str, *, event_type: str = "message.sent", **fields: object) -> Record:
+    values: dict[str, object] = {"received_at": utcnow(), "body": b'{"x": 1}'} | fields
+    return Record(event_id=event_id, event_type=event_type, **values)  # type: ignore[arg-type]
+
+
+def test_store_satisfies_the_protocol(store: Store) -> None:
+    assert isinstance(store, Store)
+
+
+def test_add_is_add_if_absent(store: Store) -> None:
+    assert store.add(record("a")) is True
+    assert store.add(record("a", body=b"other")) is False
+    kept = store.get("a")
+    assert kept is not None
+    assert kept.body == b'{"x": 1}'
+    assert kept.status is Status.PENDING
+    assert kept.attempts == 0
+    assert store.get("missing") is None
+
+
+def test_record_round_trips_every_field(store: Store) -> None:
+    received = utcnow().replace(microsecond=123000)
+    store.add(record("a", event_type="contact.created", body=b"\x00\xff raw", received_at=received))
+    kept = store.get("a")
+    assert kept is not None
+    assert kept.event_type == "contact.created"
+    assert kept.body == b"\x00\xff raw"
+    assert abs((kept.received_at - received).total_seconds()) < 0.001
+    assert kept.received_at.tzinfo is not None
+
+
+def test_claim_takes_due_records_oldest_due_first_up_to_the_limit(store: Store) -> None:
+    now = utcnow()
+    store.add(record("later", received_at=now, next_attempt_at=now + timedelta(hours=1)))
+    store.add(record("second", received_at=now - timedelta(seconds=1)))
+    store.add(record("first", received_at=now - timedelta(seconds=2)))
+    store.add(record("third", received_at=now))
+    claimed = store.claim("w1", limit=2, lease=30)
+    assert [r.event_id for r in claimed] == ["first", "second"]
+    assert all(r.status is Status.PROCESSING and r.attempts == 1 for r in claimed)
+    assert all(r.lease_owner == "w1" for r in claimed)
+    assert [r.event_id for r in store.claim("w2", limit=10, lease=30)] == ["third"]
+    assert store.claim("w3", limit=10, lease=30) == []
+
+
+def test_expired_lease_is_claimable_again_and_counts_an_attempt(store: Store) -> None:
+    store.add(record("a"))
+    store.claim("dead", limit=1, lease=0.05)
+    assert store.claim("w2", limit=1, lease=30) == []
+    time.sleep(0.06)
+    [again] = store.claim("w2", limit=1, lease=30)
+    assert again.attempts == 2
+    assert again.lease_owner == "w2"
+    assert store.complete("a", "dead") is False  # the old owner lost it
+    assert store.complete("a", "w2") is True
+
+
+def test_renew_extends_only_the_owners_leases(store: Store) -> None:
+    store.add(record("a"))
+    store.claim("w1", limit=1, lease=0.1)
+    store.renew("w1", ["a"], lease=30)
+    store.renew("intruder", ["a"], lease=0.001)
+    time.sleep(0.15)
+    assert store.claim("w2", limit=1, lease=30) == []
+
+
+def test_outcomes_need_the_owner(store: Store) -> None:
+    store.add(record("a"))
+    store.claim("w1", limit=1, lease=30)
+    at = utcnow() + timedelta(minutes=5)
+    assert store.reschedule("a", "w2", at=at, error="x") is False
+    assert store.fail("a", "w2", error="x") is False
+    assert store.release("a", "w2") is False
+    assert store.reschedule("a", "w1", at=at, error="Boom: once") is True
+    kept = store.get("a")
+    assert kept is not None
+    assert kept.status is Status.PENDING
+    assert kept.last_error == "Boom: once"
+    assert kept.lease_owner is None
+    assert kept.next_attempt_at is not None
+    assert abs((kept.next_attempt_at - at).total_seconds()) < 0.001
+    assert store.claim("w1", limit=1, lease=30) == []  # not due for 5 minutes
+    assert store.next_due() is not None
+
+
+def test_fail_keeps_the_error_and_requeue_brings_it_back(store: Store) -> None:
+    store.add(record("a"))
+    store.add(record("b"))
+    for claimed in store.claim("w", limit=2, lease=30):
+        assert store.fail(claimed.event_id, "w", error="Dead: letter")
+    failed = store.list(status=Status.FAILED)
+    assert {r.event_id for r in failed} == {"a", "b"}
+    assert all(r.last_error == "Dead: letter" for r in failed)
+    assert store.next_due() is None
+    assert store.requeue("a") is True
+    assert store.requeue_failed() == 1
+    again = store.claim("w", limit=5, lease=30)
+    assert {r.event_id for r in again} == {"a", "b"}
+    assert all(r.attempts == 1 for r in again)  # a requeue starts the attempts afresh
+
+
+def test_requeue_refuses_a_record_being_processed(store: Store) -> None:
+    store.add(record("a"))
+    store.claim("w", limit=1, lease=30)
+    assert store.requeue("a") is False
+    assert store.requeue("missing") is False
+
+
+def test_complete_and_requeue_a_done_record(store: Store) -> None:
+    store.add(record("a"))
+    store.claim("w", limit=1, lease=30)
+    assert store.complete("a", "w") is True
+    assert store.complete("a", "w") is False
+    kept = store.get("a")
+    assert kept is not None and kept.status is Status.DONE
+    assert store.requeue("a") is True
+    assert [r.event_id for r in store.claim("w", limit=1, lease=30)] == ["a"]
+
+
+def test_release_forgets_the_record(store: Store) -> None:
+    store.add(record("a"))
+    store.claim("w", limit=1, lease=30)
+    assert store.release("a", "w") is True
+    assert store.get("a") is None
+    assert store.add(record("a")) is True
+
+
+def test_take_claims_one_record_only_when_claimable(store: Store) -> None:
+    store.add(record("a"))
+    taken = store.take("a", "w", lease=30)
+    assert taken is not None and taken.status is Status.PROCESSING
+    assert store.take("a", "other", lease=30) is None
+    assert store.take("missing", "w", lease=30) is None
+
+
+def test_list_filters_and_orders_newest_first(store: Store) -> None:
+    now = utcnow()
+    store.add(record("old", received_at=now - timedelta(minutes=2)))
+    store.add(record("mid", event_type="contact.created", received_at=now - timedelta(minutes=1)))
+    store.add(record("new", received_at=now))
+    assert [r.event_id for r in store.list()] == ["new", "mid", "old"]
+    assert [r.event_id for r in store.list(event_type="message.sent")] == ["new", "old"]
+    assert [r.event_id for r in store.list(limit=1, offset=1)] == ["mid"]
+    store.claim("w", limit=1, lease=30)  # takes "old"
+    assert [r.event_id for r in store.list(status=Status.PROCESSING)] == ["old"]
+
+
+def test_counts_cover_every_status(store: Store) -> None:
+    for name in "abc":
+        store.add(record(name))
+    [claimed] = store.claim("w", limit=1, lease=30)
+    store.complete(claimed.event_id, "w")
+    assert store.counts() == {
+        Status.PENDING: 2,
+        Status.PROCESSING: 0,
+        Status.DONE: 1,
+        Status.FAILED: 0,
+    }
+
+
+def test_next_due(store: Store) -> None:
+    assert store.next_due() is None
+    later = utcnow() + timedelta(hours=2)
+    store.add(record("a", next_attempt_at=later))
+    due = store.next_due()
+    assert isinstance(due, datetime)
+    assert abs((due - later).total_seconds()) < 0.001
+
+
+def test_purge_removes_old_finished_records_only(store: Store) -> None:
+    old = utcnow() - timedelta(days=10)
+    for name in ("done", "failed", "pending", "processing"):
+        store.add(record(name, received_at=old))
+    store.add(record("recent-done"))
+    for claimed in store.claim("w", limit=5, lease=30):
+        if claimed.event_id in ("done", "recent-done"):
+            store.complete(claimed.event_id, "w")
+        elif claimed.event_id == "failed":
+            store.fail(claimed.event_id, "w", error="x")
+        elif claimed.event_id == "pending":
+            store.reschedule(claimed.event_id, "w", at=utcnow(), error="x")
+    assert store.purge(older_than=utcnow() - timedelta(days=7)) == 2
+    assert store.get("done") is None and store.get("failed") is None
+    for kept in ("pending", "processing", "recent-done"):
+        assert store.get(kept) is not None

@@ -1,0 +1,331 @@
+"""Background processing: retries, dead letters, leases, drain and close; and inline mode."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from aerostic_webhooks import (
+    Event,
+    MemoryStore,
+    ProcessingFailed,
+    WebhookReceiver,
+    sign,
+)
+from aerostic_webhooks.stores import Record, Status
+from aerostic_webhooks.stores.base import utcnow
+from aerostic_webhooks.testing import sample_body
+
+from .conftest import SECRET
+
+
+def deliver(webhooks: WebhookReceiver, event_type: str = "message.received", **data: Any) -> str:
+    body = sample_body(event_type, **data)
+    return webhooks.receive(body, {"X-Aerostic-Signature": sign(body, SECRET)}).event_id
+
+
+def test_failing_handler_is_retried_then_dead_lettered_with_its_error() -> None:
+    errors: list[tuple[str, str]] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=(0, 0)) as webhooks:
+
+        @webhooks.on("message.received")
+        def broken(event: Event) -> None:
+            raise ValueError("CRM is down")
+
+        @webhooks.on_error
+        def alert(event: Event, error: BaseException) -> None:
+            errors.append((event.event, str(error)))
+
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+        assert record is not None
+        assert record.status is Status.FAILED
+        assert record.attempts == 3
+        assert record.last_error == "ValueError: CRM is down"
+        assert errors == [("message.received", "CRM is down")] * 3
+
+
+def test_a_handler_that_recovers_completes_the_record() -> None:
+    attempts: list[int] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=(0, 0, 0)) as webhooks:
+
+        @webhooks.on("message.received")
+        def flaky(event: Event) -> None:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise ConnectionError("try later")
+
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+        assert record is not None and record.status is Status.DONE
+        assert record.attempts == 3
+        assert len(attempts) == 3
+
+
+def test_one_failing_handler_does_not_stop_the_others_and_retry_runs_all() -> None:
+    calls: list[str] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=(0,)) as webhooks:
+        webhooks.on("*")(lambda e: calls.append("first"))
+
+        @webhooks.on("*")
+        def second(event: Event) -> None:
+            calls.append("second")
+            raise RuntimeError("boom")
+
+        webhooks.on("*")(lambda e: calls.append("third"))
+        deliver(webhooks)
+        assert webhooks.drain(5)
+    assert calls == ["first", "second", "third"] * 2
+
+
+def test_drain_does_not_wait_for_retries_scheduled_later() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=(3600,)) as webhooks:
+        webhooks.on("*")(lambda e: 1 / 0)
+        event_id = deliver(webhooks)
+        started = time.monotonic()
+        assert webhooks.drain(5)
+        assert time.monotonic() - started < 4
+        record = webhooks.store.get(event_id)
+        assert record is not None
+        assert record.status is Status.PENDING
+        assert record.next_attempt_at is not None
+        assert record.next_attempt_at > utcnow() + timedelta(minutes=59)
+        assert record.last_error == "ZeroDivisionError: division by zero"
+
+
+def test_default_backoff_is_spread_over_hours() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore()) as webhooks:
+        webhooks.on("*")(lambda e: 1 / 0)
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+        assert record is not None and record.next_attempt_at is not None
+        delay = (record.next_attempt_at - utcnow()).total_seconds()
+        assert 20 < delay <= 30
+    from aerostic_webhooks.worker import DEFAULT_RETRY_DELAYS
+
+    assert sum(DEFAULT_RETRY_DELAYS) > 2 * 3600  # longer than the sender's own retry window
+
+
+def test_retry_queues_a_failed_record_again() -> None:
+    fixed = threading.Event()
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=()) as webhooks:
+
+        @webhooks.on("message.received")
+        def handler(event: Event) -> None:
+            if not fixed.is_set():
+                raise RuntimeError("bug")
+
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+        assert record is not None and record.status is Status.FAILED
+        fixed.set()
+        assert webhooks.retry(event_id) is True
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+        assert record is not None and record.status is Status.DONE
+        assert webhooks.retry("message.received:no-such-id") is False
+
+
+def test_records_no_handler_matches_are_marked_done(receiver: WebhookReceiver) -> None:
+    receiver.on("contact.created")(lambda e: None)
+    event_id = deliver(receiver, "message.failed")
+    assert receiver.drain(5)
+    record = receiver.store.get(event_id)
+    assert record is not None and record.status is Status.DONE
+
+
+def test_handlers_registered_after_construction_see_recovered_work() -> None:
+    store = MemoryStore()
+    body = sample_body("message.received")
+    store.add(
+        Record(
+            event_id="message.received:msg_abc123",
+            event_type="message.received",
+            body=body,
+            received_at=utcnow(),
+        )
+    )
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=store) as webhooks:
+        # The constructor must not start processing before handlers are registered.
+        time.sleep(0.05)
+        webhooks.on("message.received")(lambda e: seen.append(e.data.id))
+        webhooks.start()
+        assert webhooks.drain(5)
+    assert seen == ["msg_abc123"]
+
+
+def test_a_record_left_processing_by_a_dead_worker_is_taken_up_after_its_lease() -> None:
+    store = MemoryStore()
+    body = sample_body("message.received")
+    event_id = "message.received:msg_abc123"
+    store.add(
+        Record(event_id=event_id, event_type="message.received", body=body, received_at=utcnow())
+    )
+    [claimed] = store.claim("dead-worker", limit=1, lease=0.3)  # then the owner "dies"
+    assert claimed.status is Status.PROCESSING
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=store) as webhooks:
+        webhooks.on("*")(lambda e: seen.append(e.data.id))
+        webhooks.start()
+        assert webhooks.drain(5)
+        assert seen == []  # the lease still runs: not due yet
+        time.sleep(0.35)
+        assert webhooks.drain(5)
+    assert seen == ["msg_abc123"]
+    record = store.get(event_id)
+    assert record is not None and record.status is Status.DONE and record.attempts == 2
+
+
+def test_a_slow_handler_keeps_its_lease_and_is_not_run_twice() -> None:
+    store = MemoryStore()
+    runs: list[str] = []
+    release = threading.Event()
+    first = WebhookReceiver(SECRET, store=store, lease_seconds=0.3)
+    second = WebhookReceiver(SECRET, store=store, lease_seconds=0.3)
+    try:
+
+        def slow(event: Event) -> None:
+            runs.append("first")
+            release.wait(5)
+
+        first.on("*")(slow)
+        second.on("*")(lambda e: runs.append("second"))
+        deliver(first)
+        second.start()
+        time.sleep(1.0)  # three lease periods: renewals must keep the record ours
+        release.set()
+        assert first.drain(5)
+        assert second.drain(5)
+        assert runs == ["first"]
+    finally:
+        release.set()
+        first.close()
+        second.close()
+
+
+def test_close_waits_for_running_handlers_and_is_idempotent() -> None:
+    finished = threading.Event()
+    webhooks = WebhookReceiver(SECRET, store=MemoryStore())
+
+    @webhooks.on("*")
+    def handler(event: Event) -> None:
+        time.sleep(0.2)
+        finished.set()
+
+    deliver(webhooks)
+    time.sleep(0.05)
+    webhooks.close(timeout=5)
+    assert finished.is_set()
+    webhooks.close()
+    assert not any(
+        t.name.startswith("aerostic-webhooks") and t.is_alive() for t in threading.enumerate()
+    )
+
+
+def test_retention_purges_finished_records_only() -> None:
+    store = MemoryStore()
+    old = utcnow() - timedelta(days=8)
+    for status in Status:
+        store.add(
+            Record(
+                event_id=f"old-{status}",
+                event_type="message.sent",
+                body=b"{}",
+                received_at=old,
+                status=status,
+                lease_owner="someone" if status is Status.PROCESSING else None,
+                lease_expires_at=utcnow() + timedelta(hours=1)
+                if status is Status.PROCESSING
+                else None,
+                next_attempt_at=utcnow() + timedelta(hours=1) if status is Status.PENDING else None,
+            )
+        )
+    with WebhookReceiver(SECRET, store=store, retention=timedelta(days=7)) as webhooks:
+        webhooks.start()
+        deadline = time.monotonic() + 5
+        while store.get("old-done") is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert store.get("old-done") is None
+    assert store.get("old-failed") is None
+    assert store.get("old-pending") is not None
+    assert store.get("old-processing") is not None
+
+
+# -- inline mode -------------------------------------------------------------------------------
+
+
+def test_inline_runs_handlers_inside_receive() -> None:
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as webhooks:
+        webhooks.on("*")(lambda e: seen.append(e.event))
+        event_id = deliver(webhooks, "contact.created")
+        assert seen == ["contact.created"]  # no drain needed
+        record = webhooks.store.get(event_id)
+        assert record is not None and record.status is Status.DONE
+        assert not any(t.name == "aerostic-webhooks-worker" for t in threading.enumerate())
+
+
+def test_inline_failure_is_processing_failed_and_redelivery_is_processed_again() -> None:
+    attempts: list[int] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as webhooks:
+
+        @webhooks.on("message.received")
+        def flaky(event: Event) -> None:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise RuntimeError("first try fails")
+
+        body = sample_body("message.received")
+        headers = {"X-Aerostic-Signature": sign(body, SECRET)}
+        with pytest.raises(ProcessingFailed) as caught:
+            webhooks.receive(body, headers)
+        assert caught.value.status_code == 500
+        receipt = webhooks.receive(body, headers)  # the sender's redelivery
+        assert receipt.duplicate is False
+        assert len(attempts) == 2
+        assert webhooks.receive(body, headers).duplicate is True
+        assert len(attempts) == 2
+
+
+def test_inline_takes_over_a_record_whose_process_died() -> None:
+    store = MemoryStore()
+    body = sample_body("message.received")
+    store.add(
+        Record(
+            event_id="message.received:msg_abc123",
+            event_type="message.received",
+            body=body,
+            received_at=utcnow(),
+            status=Status.PROCESSING,
+            attempts=1,
+            lease_owner="a dead lambda",
+            lease_expires_at=utcnow() - timedelta(seconds=1),
+        )
+    )
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=store, process="inline") as webhooks:
+        webhooks.on("*")(lambda e: seen.append(e.data.id))
+        receipt = webhooks.receive(body, {"X-Aerostic-Signature": sign(body, SECRET)})
+    assert receipt.duplicate is False
+    assert seen == ["msg_abc123"]
+
+
+def test_inline_async_handler() -> None:
+    seen: list[str] = []
+
+    async def handler(event: Event) -> None:
+        seen.append(event.event)
+
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as webhooks:
+        webhooks.on("*")(handler)
+        deliver(webhooks)
+    assert seen == ["message.received"]
