@@ -11,10 +11,13 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     Tag,
     TypeAdapter,
     ValidationError,
+    model_serializer,
 )
 
 from .errors import InvalidPayload
@@ -51,6 +54,16 @@ Timestamp = Annotated[datetime, AfterValidator(_aware)]
 class _Model(BaseModel):
     # extra="allow": the sender adds fields; we keep them and give them back on dump.
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    @model_serializer(mode="wrap")
+    def _as_sent(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """Dump only the fields the payload had, so a dump is the sender's shape, not ours."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for name, field in type(self).model_fields.items():
+                if name not in self.model_fields_set:
+                    data.pop(field.alias if info.by_alias and field.alias else name, None)
+        return data
 
 
 class MessageReceivedData(_Model):

@@ -27,7 +27,12 @@ Body = bytes | bytearray | memoryview
 
 
 def _key(secret: str | bytes) -> bytes:
-    return secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    # surrogateescape gives back the bytes of a secret read from a non-UTF-8 environment.
+    if isinstance(secret, str):
+        return secret.encode("utf-8", "surrogateescape")
+    if isinstance(secret, (bytes, bytearray)):
+        return bytes(secret)
+    raise TypeError(f"got {type(secret).__name__}")
 
 
 def normalize_secrets(secrets: Secrets) -> tuple[bytes, ...]:
@@ -35,7 +40,10 @@ def normalize_secrets(secrets: Secrets) -> tuple[bytes, ...]:
     items: Iterable[str | bytes] = (
         (secrets,) if isinstance(secrets, (str, bytes, bytearray)) else secrets
     )
-    keys = tuple(_key(item) for item in items)
+    try:
+        keys = tuple(_key(item) for item in items)
+    except (UnicodeEncodeError, TypeError) as error:
+        raise ValueError(f"a webhook secret must be text or bytes: {error}") from None
     if not keys or not all(keys):
         raise ValueError(
             "a webhook secret is required and must not be empty: pass secret= "

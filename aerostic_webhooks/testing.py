@@ -88,13 +88,17 @@ def sample_payload(event_type: str, **data_overrides: Any) -> dict[str, Any]:
 
 
 def sample_body(event_type: str, **data_overrides: Any) -> bytes:
-    """``sample_payload`` serialised as the sender sends it (compact JSON, UTF-8)."""
-    return json.dumps(sample_payload(event_type, **data_overrides), ensure_ascii=False).encode()
+    """``sample_payload`` as UTF-8 JSON bytes (``json.dumps`` layout, non-ASCII kept as is)."""
+    return _encode(sample_payload(event_type, **data_overrides))
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode()
 
 
 def signed_request(
     payload: dict[str, Any] | bytes, secret: str | bytes
 ) -> tuple[bytes, dict[str, str]]:
     """``(body, headers)`` for a delivery signed with ``secret``, ready for ``receive``."""
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    body = payload if isinstance(payload, bytes) else _encode(payload)
     return body, {SIGNATURE_HEADER: sign(body, secret), "Content-Type": "application/json"}
