@@ -14,9 +14,18 @@ from aerostic_webhooks.stores import Record, Status, Store
 from aerostic_webhooks.stores.base import utcnow
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "s.db")
+    made: Store
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SQLiteStore(tmp_path / "s.db")
+    else:
+        from aerostic_webhooks.stores.redis import RedisStore
+
+        url, prefix = (request.getfixturevalue(name) for name in ("redis_url", "redis_prefix"))
+        made = RedisStore(url, prefix=prefix)
     yield made
     made.close()
 

@@ -204,6 +204,12 @@ class MemoryStore:
     def close(self) -> None:
         """Nothing to release; records stay readable."""
 
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __len__(self) -> int:
         return len(self._records)
 

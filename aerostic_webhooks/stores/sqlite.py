@@ -124,6 +124,9 @@ class SQLiteStore:
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring the schema up to date; an up-to-date file is only read (it may be read-only)."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -347,6 +350,12 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"

@@ -1,0 +1,345 @@
+"""An acknowledged event is never lost: default store, store failures, processes, crashes."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aerostic_webhooks import (
+    Event,
+    MemoryStore,
+    SQLiteStore,
+    StoreUnavailable,
+    WebhookReceiver,
+    sign,
+)
+from aerostic_webhooks.stores import Status, Store
+from aerostic_webhooks.stores import sqlite as sqlite_module
+from aerostic_webhooks.testing import sample_body
+
+from .conftest import SECRET
+
+DELIVERER = Path(__file__).with_name("_deliverer.py")
+
+
+def signed(event_type: str = "message.received", **data: object) -> tuple[bytes, dict[str, str]]:
+    body = sample_body(event_type, **data)
+    return body, {"X-Aerostic-Signature": sign(body, SECRET)}
+
+
+# -- the default store --------------------------------------------------------------------------
+
+
+def test_default_store_is_sqlite_at_the_env_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "from-env.sqlite3"
+    monkeypatch.setenv("AEROSTIC_WEBHOOKS_DB", str(path))
+    with WebhookReceiver(SECRET) as webhooks:
+        assert isinstance(webhooks.store, SQLiteStore)
+        webhooks.receive(*signed())
+    assert path.exists()
+    with SQLiteStore(path) as store:
+        assert store.get("message.received:msg_abc123") is not None
+
+
+def test_default_store_without_env_is_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AEROSTIC_WEBHOOKS_DB")
+    monkeypatch.chdir(tmp_path)
+    with WebhookReceiver(SECRET) as webhooks:
+        assert isinstance(webhooks.store, SQLiteStore)
+    assert (tmp_path / "aerostic_webhooks.sqlite3").exists()
+
+
+def test_a_bad_path_fails_at_construction_with_a_clear_message(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "inbox.sqlite3"
+    with pytest.raises(StoreUnavailable, match="cannot open the SQLite inbox") as caught:
+        WebhookReceiver(SECRET, store=SQLiteStore(missing))
+    assert str(missing) in str(caught.value)
+
+
+def test_sqlite_uses_wal_and_a_schema_version(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "inbox.sqlite3") as store:
+        assert store.schema_version == sqlite_module.SCHEMA_VERSION
+    conn = sqlite3.connect(tmp_path / "inbox.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_a_later_schema_migrates_an_existing_file_and_keeps_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    with WebhookReceiver(SECRET, store=SQLiteStore(path)) as webhooks:
+        webhooks.receive(*signed())
+    later = (
+        *sqlite_module._MIGRATIONS,
+        f"ALTER TABLE {sqlite_module._TABLE} ADD COLUMN note TEXT DEFAULT 'migrated'",
+    )
+    monkeypatch.setattr(sqlite_module, "_MIGRATIONS", later)
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", len(later))
+    with SQLiteStore(path) as store:
+        assert store.schema_version == len(later)
+        assert store.get("message.received:msg_abc123") is not None
+    conn = sqlite3.connect(path)
+    assert conn.execute(f"SELECT note FROM {sqlite_module._TABLE}").fetchall() == [("migrated",)]
+    conn.close()
+
+
+def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreUnavailable, match="newer"):
+        SQLiteStore(path)
+
+
+# -- a store that cannot record: 503, nothing acknowledged ---------------------------------------
+
+
+def _make_read_only(path: Path) -> None:
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: cannot make a file read-only for root")
+    result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {result.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def read_only_inbox(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "inbox.sqlite3"
+    with SQLiteStore(path) as store:
+        assert store.schema_version == sqlite_module.SCHEMA_VERSION
+    _make_read_only(path)
+    yield path
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_a_read_only_sqlite_file_gives_store_unavailable(read_only_inbox: Path) -> None:
+    with WebhookReceiver(SECRET, store=SQLiteStore(read_only_inbox)) as webhooks:
+        with pytest.raises(StoreUnavailable) as caught:
+            webhooks.receive(*signed())
+        assert caught.value.status_code == 503
+
+
+def test_a_full_sqlite_disk_gives_store_unavailable(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    with store._cursor() as conn:  # SQLite's own limit makes it report SQLITE_FULL
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+    with WebhookReceiver(SECRET, store=store) as webhooks:
+        big = "x" * 100_000
+        with pytest.raises(StoreUnavailable, match="full"):
+            webhooks.receive(*signed(text=big))
+        assert store.get("message.received:msg_abc123") is None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_redis_gives_store_unavailable_quickly(redis_url: str) -> None:
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    store = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", timeout=1.0)
+    with WebhookReceiver(SECRET, store=store) as webhooks:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            webhooks.receive(*signed())
+        assert time.monotonic() - started < 4.5  # inside the sender's 5 s limit
+
+
+def test_a_redis_that_stops_gives_store_unavailable(tmp_path: Path, redis_url: str) -> None:
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed, so no private Redis can be started and stopped")
+    port = _free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=1.0)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                store.client.ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with WebhookReceiver(SECRET, store=store) as webhooks:
+            assert webhooks.receive(*signed(id="before")).duplicate is False
+            process.send_signal(signal.SIGTERM)
+            process.wait(10)
+            with pytest.raises(StoreUnavailable):
+                webhooks.receive(*signed(id="after"))
+    finally:
+        process.kill()
+        process.wait()
+
+
+# -- every store, end to end ----------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    if request.param == "sqlite":
+        return SQLiteStore(tmp_path / "inbox.sqlite3")
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    url, prefix = (request.getfixturevalue(name) for name in ("redis_url", "redis_prefix"))
+    return RedisStore(url, prefix=prefix)
+
+
+def test_end_to_end_on_every_store(any_store: Store) -> None:
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=any_store, retry_delays=(0,)) as webhooks:
+
+        @webhooks.on("*")
+        def handler(event: Event) -> None:
+            seen.append(event.data.id)
+            if event.data.id == "bad":
+                raise RuntimeError("always fails")
+
+        assert webhooks.receive(*signed(id="good")).duplicate is False
+        assert webhooks.receive(*signed(id="good")).duplicate is True
+        webhooks.receive(*signed(id="bad"))
+        assert webhooks.drain(10)
+        assert sorted(seen) == ["bad", "bad", "good"]
+        counts = any_store.counts()
+        assert counts[Status.DONE] == 1
+        assert counts[Status.FAILED] == 1
+        [failed] = any_store.list(status=Status.FAILED)
+        assert failed.last_error == "RuntimeError: always fails"
+        assert webhooks.retry(failed.event_id)
+        assert webhooks.drain(10)
+        assert seen.count("bad") == 4
+
+
+# -- several processes ---------------------------------------------------------------------------
+
+
+def _store_spec(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "sqlite":
+        return f"sqlite:{tmp_path / 'shared.sqlite3'}"
+    url, prefix = (request.getfixturevalue(name) for name in ("redis_url", "redis_prefix"))
+    return f"redis:{url}|{prefix}"
+
+
+def _open(spec: str) -> Store:
+    kind, _, where = spec.partition(":")
+    if kind == "sqlite":
+        return SQLiteStore(where)
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    url, _, prefix = where.partition("|")
+    return RedisStore(url, prefix=prefix)
+
+
+def _runs(counter: Path) -> list[tuple[int, str]]:
+    if not counter.exists():
+        return []
+    lines = counter.read_text().splitlines()
+    return [(int(pid), event_id) for pid, event_id in (line.split() for line in lines)]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_four_processes_of_eight_threads_run_each_event_once(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    spec = _store_spec(kind, tmp_path, request)
+    counter = tmp_path / "runs.txt"
+    command = [sys.executable, str(DELIVERER), spec, str(counter), "deliver"]
+    command += ["--events", "200", "--threads", "8", "--copies", "5"]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr.decode()[-2000:]
+    acks = [line for stdout, _ in outputs for line in stdout.decode().splitlines()]
+    assert len(acks) == 4 * 8 * 200 * 5
+    runs = collections.Counter(event_id for _, event_id in _runs(counter))
+    assert runs == {f"msg_{n}": 1 for n in range(200)}
+    store = _open(spec)
+    assert store.counts()[Status.DONE] == 200
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_sigkill_mid_run_loses_nothing_and_repeats_nothing_done(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    spec = _store_spec(kind, tmp_path, request)
+    counter = tmp_path / "runs.txt"
+    command = [sys.executable, str(DELIVERER), spec, str(counter), "deliver"]
+    command += ["--events", "300", "--threads", "1", "--copies", "1", "--lease", "1"]
+    command += ["--handler-seconds", "0.01"]
+    victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert victim.stdout is not None
+    acked: list[str] = []
+    while len(acked) < 150:
+        line = victim.stdout.readline()
+        assert line, victim.stderr.read().decode() if victim.stderr else "deliverer ended early"
+        acked.append(line.decode().strip())
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    acked += [line.decode().strip() for line in victim.stdout.read().splitlines()]
+    victim.stdout.close()
+    assert victim.stderr is not None
+    victim.stderr.close()
+
+    store = _open(spec)
+    done_before = {r.event_id for r in store.list(status=Status.DONE, limit=1000)}
+    left_processing = {r.event_id for r in store.list(status=Status.PROCESSING, limit=1000)}
+    store.close()
+    assert left_processing, "the kill should have left work in flight"
+
+    recovery = [sys.executable, str(DELIVERER), spec, str(counter), "recover", "--lease", "1"]
+    subprocess.run(recovery, check=True, timeout=120, capture_output=True)
+
+    runs = _runs(counter)
+    processed = collections.Counter(event_id for _, event_id in runs)
+    for event_id in acked:  # every acknowledged event was processed
+        assert processed[event_id.removeprefix("message.received:")] >= 1, event_id
+    victim_pid = victim.pid
+    for event_id in done_before:  # nothing done before the kill ran again after it
+        short = event_id.removeprefix("message.received:")
+        assert [pid for pid, e in runs if e == short] == [victim_pid], event_id
+    store = _open(spec)
+    for event_id in left_processing:  # taken up again once the dead worker's lease ended
+        record = store.get(event_id)
+        assert record is not None
+        assert record.status is Status.DONE
+        assert record.attempts >= 2
+    counts = store.counts()
+    assert counts[Status.PENDING] == counts[Status.PROCESSING] == 0
+    store.close()
