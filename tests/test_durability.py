@@ -143,7 +143,7 @@ def test_a_read_only_sqlite_file_gives_store_unavailable(read_only_inbox: Path) 
 
 def test_a_full_sqlite_disk_gives_store_unavailable(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "inbox.sqlite3")
-    with store._cursor() as conn:  # SQLite's own limit makes it report SQLITE_FULL
+    with store._intake.use() as conn:  # SQLite's own limit makes it report SQLITE_FULL
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")
     with WebhookReceiver(SECRET, store=store) as webhooks:

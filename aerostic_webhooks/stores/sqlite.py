@@ -6,8 +6,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,6 +56,39 @@ def _dt(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, timezone.utc)
 
 
+class _Connection:
+    """One SQLite connection shared by threads under a lock, reopened after a fork."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._conn = connect()
+
+    @contextmanager
+    def use(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's connection is not ours
+                self._pid = os.getpid()
+                self._conn = self._connect()
+            conn = self._conn
+            if not write:
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
 def _record(row: sqlite3.Row) -> Record:
     return Record(
         event_id=row[0],
@@ -78,8 +111,9 @@ class SQLiteStore:
     WAL mode lets readers and one writer work at once; every change is one short
     transaction, so processes sharing the file (gunicorn workers, the worker command) wait
     at most ``busy_timeout`` seconds for each other. ``synchronous`` is SQLite's own setting:
-    ``"FULL"`` (the default) survives power loss; ``"NORMAL"`` is faster and survives a
-    crash of the process but not of the machine.
+    ``"NORMAL"`` (the default) keeps every acknowledged delivery when the process crashes or
+    is killed, and costs no fsync per delivery; ``"FULL"`` also survives power loss or a
+    kernel crash, at the price of an fsync per delivery (about 2.5x fewer deliveries/s here).
     """
 
     def __init__(
@@ -87,16 +121,18 @@ class SQLiteStore:
         path: str | os.PathLike[str] = "aerostic_webhooks.sqlite3",
         *,
         busy_timeout: float = 5.0,
-        synchronous: str = "FULL",
+        synchronous: str = "NORMAL",
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous}")
         self.path = os.fspath(path)
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._conn = self._open()
+        # Two connections: deliveries are recorded on one, the worker and the inspection
+        # methods use the other, so receive() never queues behind the worker's transactions
+        # in this process (SQLite itself orders the writes of both, as it does across processes).
+        self._intake = _Connection(self._open)
+        self._work = _Connection(self._open)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -141,7 +177,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     @property
@@ -149,30 +186,15 @@ class SQLiteStore:
         with self._cursor() as conn:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
-    @contextmanager
-    def _cursor(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """The connection, under the lock; ``write`` wraps the block in one IMMEDIATE txn."""
-        with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's connection is not ours
-                self._pid = os.getpid()
-                self._conn = self._open()
-            conn = self._conn
-            if not write:
-                yield conn
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _cursor(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        """The worker's connection; ``write`` wraps the block in one IMMEDIATE transaction."""
+        return self._work.use(write)
 
     def add(self, record: Record) -> bool:
         due = record.next_attempt_at or record.received_at
         due_at = _ts(due) if record.status is Status.PENDING else _ts(record.lease_expires_at)
         try:
-            with self._cursor() as conn:
+            with self._intake.use() as conn:
                 cursor = conn.execute(
                     f"INSERT OR IGNORE INTO {_TABLE} ({_COLUMNS}, due_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -348,8 +370,8 @@ class SQLiteStore:
         return cursor.rowcount
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._intake.close()
+        self._work.close()
 
     def __enter__(self) -> SQLiteStore:
         return self
