@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import logging
@@ -10,7 +9,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from .errors import (
     InvalidPayload,
@@ -21,7 +20,7 @@ from .errors import (
     WebhookError,
 )
 from .events import Event, parse_event
-from .signature import SIGNATURE_HEADER, Secrets, normalize_secrets, verify_with_keys
+from .signature import SIGNATURE_HEADER, Secrets, signing_keys, verify_with_keys
 from .stores.base import Record, Status, Store, utcnow
 from .stores.sqlite import SQLiteStore
 from .worker import DEFAULT_RETRY_DELAYS, LoopThread, Worker, new_owner_id
@@ -44,8 +43,7 @@ H = TypeVar("H", bound=Handler)
 E = TypeVar("E", bound=ErrorHook)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Receipt:
+class Receipt(NamedTuple):
     """What ``receive`` did with a delivery: the event, its identity, and whether it was seen."""
 
     event: Event
@@ -106,8 +104,11 @@ def _error_text(error: BaseException) -> str:
 class WebhookReceiver:
     """Receives Aerostic webhooks: the pipeline every adapter calls, and the handler registry.
 
-    ``receive`` checks size, then signature, then parses, records and acknowledges; handlers
-    run later on a worker (or inside ``receive`` with ``process="inline"``).
+    ``receive`` checks size, then signature, then parses, records and acknowledges. Handlers
+    run later on this process's worker (``process="background"``), inside ``receive``
+    (``"inline"``, for serverless), or on a worker that another process runs with ``start()``
+    (``"external"``: this one only records, for example a web process beside a worker
+    command).
     """
 
     def __init__(
@@ -115,7 +116,7 @@ class WebhookReceiver:
         secret: Secrets | None = None,
         *,
         store: Store | None = None,
-        process: Literal["background", "inline"] = "background",
+        process: Literal["background", "inline", "external"] = "background",
         event_id: Callable[[Event], str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
@@ -126,9 +127,11 @@ class WebhookReceiver:
         if secret is None:
             from_env = os.environ.get(SECRET_ENV, "")
             secret = [part.strip() for part in from_env.split(",") if part.strip()]
-        self._keys = normalize_secrets(secret)
-        if process not in ("background", "inline"):
-            raise ValueError(f"process must be 'background' or 'inline', not {process!r}")
+        self._keys = signing_keys(secret)
+        if process not in ("background", "inline", "external"):
+            raise ValueError(
+                f"process must be 'background', 'inline' or 'external', not {process!r}"
+            )
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive")
         self.max_body_bytes = max_body_bytes
@@ -142,6 +145,7 @@ class WebhookReceiver:
         self._loop = LoopThread()
         self._lease = lease_seconds
         self._inline_owner = new_owner_id() + ":inline"
+        self._parsed = _ParsedEvents()
         self._worker = Worker(
             self.store,
             self._process_record,
@@ -212,22 +216,27 @@ class WebhookReceiver:
         except WebhookError as error:
             logger.warning("rejected a delivery: %s", error.reason)
             raise
-        event_id = self._identify(event, raw)
+        event_id = (
+            default_event_id(event, raw) if self._event_id is None else self._identify(event, raw)
+        )
         if self.process == "inline":
             return self._receive_inline(event, event_id, raw)
-        record = Record(event_id=event_id, event_type=event.event, body=raw, received_at=utcnow())
+        now = utcnow()
+        record = Record(event_id, event.event, raw, now, next_attempt_at=now)
         if not self._add(record):
             logger.debug("duplicate delivery of %s acknowledged", event_id)
             return Receipt(event, event_id, duplicate=True)
-        if not self._worker.running:
-            self._worker.start()
-        self._worker.wake()
         logger.debug("recorded %s", event_id)
+        if self.process == "background":
+            self._parsed.put(event_id, event)
+            if not self._worker.running:
+                self._worker.start()
+            self._worker.wake()
         return Receipt(event, event_id)
 
     def _identify(self, event: Event, body: bytes) -> str:
-        if self._event_id is None:
-            return default_event_id(event, body)
+        """The user's ``event_id=`` rule, falling back to the default when it misbehaves."""
+        assert self._event_id is not None
         try:
             event_id = self._event_id(event)
         except Exception:
@@ -277,10 +286,12 @@ class WebhookReceiver:
 
     def _process_record(self, record: Record) -> str | None:
         """Run the handlers of a stored record: ``None`` on success, else the first error."""
-        try:
-            event = parse_event(record.body)
-        except InvalidPayload as error:
-            return error.reason
+        event = self._parsed.take(record.event_id)
+        if event is None:
+            try:
+                event = parse_event(record.body)
+            except InvalidPayload as error:
+                return error.reason
         errors = self._run_handlers(event, record.event_id)
         return _error_text(errors[0]) if errors else None
 
@@ -319,15 +330,14 @@ class WebhookReceiver:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background worker (``receive`` and ``drain`` also start it)."""
-        if self.process == "background":
+        """Start the worker (a background receiver also starts it on ``receive`` and ``drain``)."""
+        if self.process != "inline":
             self._worker.start()
 
     def retry(self, event_id: str) -> bool:
         """Queue a failed (or done, or scheduled) record again now; ``False`` if it cannot be."""
         requeued = self.store.requeue(event_id)
-        if requeued and self.process == "background":
-            self._worker.start()
+        if requeued and self._worker.running:
             self._worker.wake()
         return requeued
 
@@ -348,6 +358,27 @@ class WebhookReceiver:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _ParsedEvents:
+    """Events this process just recorded, so its worker need not parse their bodies again.
+
+    Lock-free (single dict operations are atomic), so a delivery never waits for the worker.
+    Entries the worker never takes (another process handled the record) are dropped all at
+    once when the map is full; a record whose event is gone is simply parsed again.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._events: dict[str, Event] = {}
+
+    def put(self, event_id: str, event: Event) -> None:
+        if len(self._events) >= self._capacity:
+            self._events.clear()
+        self._events[event_id] = event
+
+    def take(self, event_id: str) -> Event | None:
+        return self._events.pop(event_id, None)
 
 
 def _default_store() -> Store:

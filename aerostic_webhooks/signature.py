@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
 
@@ -10,8 +11,10 @@ from .errors import InvalidSignature
 __all__ = [
     "SIGNATURE_HEADER",
     "Secrets",
+    "SigningKey",
     "normalize_secrets",
     "sign",
+    "signing_keys",
     "verify_signature",
     "verify_with_keys",
 ]
@@ -52,13 +55,68 @@ def normalize_secrets(secrets: Secrets) -> tuple[bytes, ...]:
     return keys
 
 
+_BLOCK = 64  # SHA-256's block size, as HMAC (RFC 2104) pads the key to it
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
+class SigningKey:
+    """HMAC-SHA256 under one secret, with the padded key hashed once instead of per call.
+
+    ``digest(body)`` equals ``hmac.digest(secret, body, "sha256")`` (RFC 2104) and costs
+    two hash copies instead of a fresh HMAC set-up: about a third of the time on small bodies.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) > _BLOCK:
+            secret = hashlib.sha256(secret).digest()
+        padded = secret.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(padded.translate(_INNER_PAD))
+        self._outer = hashlib.sha256(padded.translate(_OUTER_PAD))
+
+    def digest(self, body: Body) -> bytes:
+        inner = self._inner.copy()
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def __repr__(self) -> str:
+        return "SigningKey(<secret>)"
+
+
+def signing_keys(secrets: Secrets) -> tuple[SigningKey, ...]:
+    """``normalize_secrets``, then each secret ready to verify with."""
+    return tuple(SigningKey(key) for key in normalize_secrets(secrets))
+
+
 def sign(body: Body, secret: str | bytes) -> str:
     """Return the ``X-Aerostic-Signature`` value for ``body`` signed with ``secret``."""
     return _PREFIX + hmac.digest(_key(secret), body, "sha256").hex()
 
 
+def _single_digest(header_value: object) -> bytes | None:
+    """The digest of the usual header, one well-formed ``sha256=`` value; else ``None``."""
+    if (
+        type(header_value) is str
+        and len(header_value) == len(_PREFIX) + _HEX_LENGTH
+        and header_value.startswith(_PREFIX)
+        and header_value.isascii()
+    ):
+        try:
+            return bytes.fromhex(header_value[len(_PREFIX) :])
+        except ValueError:
+            return None
+    return None
+
+
 def _candidates(header_value: str | bytes | None) -> list[bytes]:
     """Parse the header into 32-byte digests; raise ``InvalidSignature`` if none is well formed."""
+    digest = _single_digest(header_value)
+    if digest is not None:
+        return [digest]
     if header_value is None:
         raise InvalidSignature("signature header missing")
     if isinstance(header_value, (bytes, bytearray)):
@@ -97,15 +155,17 @@ def verify_signature(body: Body, header_value: str | bytes | None, secrets: Secr
     a sender may sign with an old and a new secret while they rotate. Any problem with the
     header raises ``InvalidSignature``; an empty ``secrets`` raises ``ValueError``.
     """
-    verify_with_keys(body, header_value, normalize_secrets(secrets))
+    verify_with_keys(body, header_value, signing_keys(secrets))
 
 
-def verify_with_keys(body: Body, header_value: str | bytes | None, keys: Sequence[bytes]) -> None:
-    """``verify_signature`` for keys already checked by ``normalize_secrets`` (the hot path)."""
+def verify_with_keys(
+    body: Body, header_value: str | bytes | None, keys: Sequence[SigningKey]
+) -> None:
+    """``verify_signature`` with keys made once by ``signing_keys`` (the receiver's hot path)."""
     digests = _candidates(header_value)
     matched = False
     for key in keys:
-        expected = hmac.digest(key, body, "sha256")
+        expected = key.digest(body)
         for digest in digests:
             # No early exit: the time taken does not depend on which secret matched.
             matched |= hmac.compare_digest(expected, digest)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import TypeVar
 
@@ -72,11 +72,12 @@ async def _as_coroutine(awaitable: Awaitable[T]) -> T:
 
 
 class Worker:
-    """Claims due records from the store and runs ``process`` on each, ``concurrency`` at a time.
+    """Runs ``process`` on due records from the store, on ``concurrency`` handler threads.
 
-    One dispatcher thread claims work when woken (a new delivery, a finished job) or when
-    the next retry falls due, renews the leases of running records so that a slow handler is
-    not taken up twice, and purges records past retention.
+    Each handler thread claims one record at a time, when woken by a new delivery (a token on
+    a queue), or when its wait runs out (a retry falling due, work recorded by another
+    process). A housekeeping thread renews the leases of running records, so a slow handler
+    is not taken up twice, and purges records past retention.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Worker:
         poll_interval: float = 1.0,
         retention: timedelta = timedelta(days=7),
         purge_interval: float = 3600.0,
+        coalesce_seconds: float = 0.002,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -105,6 +107,7 @@ class Worker:
         self._poll_interval = poll_interval
         self._retention = retention
         self._purge_interval = purge_interval
+        self._coalesce = coalesce_seconds
         self._lock = threading.Lock()
         self._reset()
 
@@ -116,36 +119,61 @@ class Worker:
         """Fresh state; also used in a forked child, where the parent's threads do not exist."""
         self._pid = os.getpid()
         self.owner = new_owner_id()
+        self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._changed = threading.Condition(threading.Lock())
-        self._wake = threading.Event()
         self._in_flight: dict[str, Record] = {}
-        self._claiming = False
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._claiming = 0
+        self._idle = 0
+        self._token_out = False
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._pid == os.getpid()
+        return bool(self._threads) and self._pid == os.getpid()
 
     def start(self) -> None:
-        """Start the dispatcher thread; safe to call often and from several threads."""
+        """Start the threads; safe to call often and from several threads."""
         if self.running:
             return
         with self._lock:
             if self._pid != os.getpid():
                 self._reset()
-            if self._thread is not None:
+            if self._threads:
                 return
-            self._stopping = False
-            self._pool = ThreadPoolExecutor(self._concurrency, "aerostic-webhooks-handler")
-            self._thread = threading.Thread(
-                target=self._dispatch_loop, name="aerostic-webhooks-worker", daemon=True
+            # Each start gets its own queue and stop flag: threads of an earlier start that
+            # are still finishing a handler must not take the new ones' tokens.
+            self._tokens = queue.SimpleQueue()
+            self._stopped = threading.Event()
+            threads = [
+                threading.Thread(
+                    target=self._handle_loop,
+                    args=(self._tokens, self._stopped),
+                    name=f"aerostic-webhooks-handler-{n}",
+                )
+                for n in range(self._concurrency)
+            ]
+            threads.append(
+                threading.Thread(
+                    target=self._housekeeping,
+                    args=(self._stopped,),
+                    name="aerostic-webhooks-housekeeping",
+                )
             )
-            self._thread.start()
+            for thread in threads:
+                thread.daemon = True
+                thread.start()
+            self._threads = threads
 
     def wake(self) -> None:
-        self._wake.set()
+        """Tell an idle handler thread that a record may be due now.
+
+        Busy threads look for more work before they go idle, and one token at a time is out,
+        so under load this costs the request two attribute reads, not a thread switch.
+        """
+        if self._idle and not self._token_out:
+            self._token_out = True
+            self._tokens.put(True)
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until no record is due now and none is running; ``False`` if ``timeout`` ran out."""
@@ -171,81 +199,70 @@ class Worker:
         ends, the next worker takes the record up again.
         """
         with self._lock:
-            thread, pool = self._thread, self._pool
-            if thread is None or self._pid != os.getpid():
+            threads, self._threads = self._threads, []
+            if not threads or self._pid != os.getpid():
                 return
-            self._stopping = True
-        self.wake()
-        thread.join(timeout)
+            self._stopped.set()
+            for _ in range(self._concurrency):
+                self._tokens.put(False)
         deadline = time.monotonic() + timeout
-        with self._changed:
-            while self._in_flight and time.monotonic() < deadline:
-                self._changed.wait(deadline - time.monotonic())
-        if pool is not None:
-            pool.shutdown(wait=not self._in_flight)
-        with self._lock:
-            self._thread = None
-            self._pool = None
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
 
-    def _dispatch_loop(self) -> None:
-        next_renewal = time.monotonic() + self._lease / 3
-        next_purge = time.monotonic()
-        while not self._stopping:
-            now = time.monotonic()
-            if now >= next_renewal:
-                self._renew()
-                next_renewal = now + self._lease / 3
-            if now >= next_purge:
-                self._purge()
-                next_purge = now + self._purge_interval
-            self._wake.clear()
-            claimed = self._claim()
-            if claimed:
+    def _handle_loop(self, tokens: queue.SimpleQueue[bool], stopped: threading.Event) -> None:
+        while not stopped.is_set():
+            record = self._claim(stopped)
+            if record is not None:
+                self._run(record)
                 continue
-            until_housekeeping = min(next_renewal, next_purge) - now
-            # Only look at the next due time when a slot is free and the store answered;
-            # otherwise a due record we cannot take yet would make this loop spin.
-            if claimed is None:
-                sleep = min(self._poll_interval, max(until_housekeeping, 0.0))
-            else:
-                sleep = self._sleep_for(until_housekeeping)
-            self._wake.wait(sleep)
+            # Say we are idle, then look once more: a delivery recorded before wake() saw
+            # us idle is found by this claim; one recorded after it gets us a token.
+            with self._changed:
+                self._idle += 1
+            try:
+                record = self._claim(stopped)
+                if record is None:
+                    try:
+                        if not tokens.get(timeout=self._wait_for()):
+                            return  # close() asked us to stop
+                        # Let a burst of deliveries gather, then take it in one go: one
+                        # thread switch for the burst instead of one per delivery.
+                        stopped.wait(self._coalesce)
+                    except queue.Empty:
+                        pass
+                    self._token_out = False
+            finally:
+                with self._changed:
+                    self._idle -= 1
+            if record is not None:
+                self._run(record)
 
-    def _claim(self) -> int | None:
-        """Claim and submit due records; the count, or ``None`` if no slot is free or it failed."""
-        with self._changed:
-            free = self._concurrency - len(self._in_flight)
-            if free <= 0:
-                return None
-            self._claiming = True
-        records: list[Record] = []
-        failed = False
+    def _wait_for(self) -> float:
+        """Sleep until the next record falls due, but at most ``poll_interval``."""
         try:
-            records = self.store.claim(self.owner, limit=free, lease=self._lease)
+            due = self.store.next_due()
         except Exception:
-            failed = True
+            return self._poll_interval
+        if due is None:
+            return self._poll_interval
+        return min(self._poll_interval, max((due - utcnow()).total_seconds(), 0.001))
+
+    def _claim(self, stopped: threading.Event) -> Record | None:
+        with self._changed:
+            self._claiming += 1
+        records: list[Record] = []
+        try:
+            records = self.store.claim(self.owner, limit=1, lease=self._lease)
+        except Exception:
             logger.warning("could not claim work from the store; trying again", exc_info=True)
+            stopped.wait(self._poll_interval)
         finally:
             with self._changed:
                 for record in records:
                     self._in_flight[record.event_id] = record
-                self._claiming = False
+                self._claiming -= 1
                 self._changed.notify_all()
-        pool = self._pool
-        for record in records:
-            if pool is not None:
-                pool.submit(self._run, record)
-        return None if failed else len(records)
-
-    def _sleep_for(self, until_housekeeping: float) -> float:
-        sleep = min(self._poll_interval, max(until_housekeeping, 0.0))
-        try:
-            due = self.store.next_due()
-        except Exception:
-            return sleep
-        if due is not None:
-            sleep = min(sleep, max((due - utcnow()).total_seconds(), 0.0))
-        return sleep
+        return records[0] if records else None
 
     def _run(self, record: Record) -> None:
         try:
@@ -257,9 +274,11 @@ class Worker:
             self._settle(record, error)
         finally:
             with self._changed:
-                self._in_flight.pop(record.event_id, None)
+                # Once settled, another thread may already hold the record again (a retry due
+                # at once): leave its entry alone.
+                if self._in_flight.get(record.event_id) is record:
+                    del self._in_flight[record.event_id]
                 self._changed.notify_all()
-            self.wake()
 
     def _settle(self, record: Record, error: str | None) -> None:
         """Record the outcome: done, pending again after the backoff delay, or failed."""
@@ -290,6 +309,15 @@ class Worker:
                 record.event_id,
                 exc_info=True,
             )
+
+    def _housekeeping(self, stopped: threading.Event) -> None:
+        next_purge = time.monotonic()
+        while not stopped.is_set():
+            self._renew()
+            if time.monotonic() >= next_purge:
+                self._purge()
+                next_purge = time.monotonic() + self._purge_interval
+            stopped.wait(self._lease / 3)
 
     def _renew(self) -> None:
         with self._changed:

@@ -17,6 +17,7 @@ from aerostic_webhooks import (
     sign,
     verify_signature,
 )
+from aerostic_webhooks.signature import SigningKey
 from aerostic_webhooks.testing import sample_body
 
 KEY = "whsec_test"
@@ -370,3 +371,11 @@ def test_a_secret_that_is_not_text_is_a_configuration_error() -> None:
         WebhookReceiver("\ud800", store=MemoryStore())
     with pytest.raises(ValueError, match="text or bytes"):
         WebhookReceiver([123], store=MemoryStore())  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("key_length", [1, 17, 63, 64, 65, 200])
+@pytest.mark.parametrize("body", [b"", b"x", sample_body("message.received"), b"\xff" * 5000])
+def test_precomputed_signing_key_is_rfc2104_hmac(key_length: int, body: bytes) -> None:
+    """The receiver's precomputed key gives exactly the standard library's HMAC."""
+    secret = bytes(range(256))[:key_length] if key_length <= 256 else b""
+    assert SigningKey(secret).digest(body) == hmac.digest(secret, body, "sha256")

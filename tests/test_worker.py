@@ -329,3 +329,30 @@ def test_inline_async_handler() -> None:
         webhooks.on("*")(handler)
         deliver(webhooks)
     assert seen == ["message.received"]
+
+
+# -- external mode -----------------------------------------------------------------------------
+
+
+def test_external_mode_only_records_and_a_started_worker_processes() -> None:
+    store = MemoryStore()
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=store, process="external") as web:
+        web.on("*")(lambda e: seen.append(e.event))  # not run here: no worker in this one
+        event_id = deliver(web)
+        time.sleep(0.05)
+        assert not any(
+            t.name.startswith("aerostic-webhooks-handler") for t in threading.enumerate()
+        )
+        record = store.get(event_id)
+        assert record is not None
+        assert record.status is Status.PENDING
+        assert seen == []
+    with WebhookReceiver(SECRET, store=store, process="external") as worker:
+        worker.on("*")(lambda e: seen.append(e.event))
+        worker.start()
+        assert worker.drain(5)
+    assert seen == ["message.received"]
+    record = store.get(event_id)
+    assert record is not None
+    assert record.status is Status.DONE

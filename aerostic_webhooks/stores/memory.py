@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import threading
@@ -14,11 +15,16 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore:
-    """A thread-safe ``Store`` kept in a dict, with a heap of due times for cheap claims."""
+    """A thread-safe ``Store`` kept in a dict, with a heap of due times for cheap claims.
+
+    ``add`` takes no lock (an atomic ``dict.setdefault`` and a deque append), so the request
+    path never waits for the worker, which holds the lock for everything else.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}
+        self._added: collections.deque[Record] = collections.deque()
         # (due time, tie-breaker, event_id); entries go stale when a record changes and are
         # dropped when they reach the top and no longer match the record.
         self._due: list[tuple[datetime, int, str]] = []
@@ -30,6 +36,8 @@ class MemoryStore:
             heapq.heappush(self._due, (due, next(self._seq), record.event_id))
 
     def _top(self) -> tuple[datetime, str] | None:
+        while self._added:
+            self._schedule(self._added.popleft())
         while self._due:
             due, _, event_id = self._due[0]
             record = self._records.get(event_id)
@@ -39,14 +47,12 @@ class MemoryStore:
         return None
 
     def add(self, record: Record) -> bool:
-        with self._lock:
-            if record.event_id in self._records:
-                return False
-            if record.status is Status.PENDING and record.next_attempt_at is None:
-                record = record.replace(next_attempt_at=record.received_at)
-            self._records[record.event_id] = record
-            self._schedule(record)
-            return True
+        if record.status is Status.PENDING and record.next_attempt_at is None:
+            record = record.replace(next_attempt_at=record.received_at)
+        if self._records.setdefault(record.event_id, record) is not record:
+            return False
+        self._added.append(record)  # put on the heap by the next claim, under the lock
+        return True
 
     def _claimable(self, record: Record, now: datetime) -> bool:
         due = _due_at(record)
@@ -150,14 +156,13 @@ class MemoryStore:
     def requeue_failed(self) -> int:
         now = utcnow()
         with self._lock:
-            failed = [r for r in self._records.values() if r.status is Status.FAILED]
+            failed = [r for r in tuple(self._records.values()) if r.status is Status.FAILED]
             for record in failed:
                 self._requeue(record, now)
             return len(failed)
 
     def get(self, event_id: str) -> Record | None:
-        with self._lock:
-            return self._records.get(event_id)
+        return self._records.get(event_id)
 
     def list(
         self,
@@ -167,8 +172,7 @@ class MemoryStore:
         limit: int = 100,
         offset: int = 0,
     ) -> list[Record]:
-        with self._lock:
-            records = list(self._records.values())
+        records = tuple(self._records.values())
         matching = [
             r
             for r in reversed(records)
@@ -180,9 +184,8 @@ class MemoryStore:
 
     def counts(self) -> dict[Status, int]:
         counts = dict.fromkeys(Status, 0)
-        with self._lock:
-            for record in self._records.values():
-                counts[record.status] += 1
+        for record in tuple(self._records.values()):
+            counts[record.status] += 1
         return counts
 
     def next_due(self) -> datetime | None:
@@ -194,7 +197,7 @@ class MemoryStore:
         with self._lock:
             old = [
                 event_id
-                for event_id, r in self._records.items()
+                for event_id, r in tuple(self._records.items())
                 if r.status in (Status.DONE, Status.FAILED) and r.received_at < older_than
             ]
             for event_id in old:
