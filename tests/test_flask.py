@@ -1,0 +1,220 @@
+"""The Flask blueprint: the response contract through Flask's test client."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import pytest
+
+flask = pytest.importorskip("flask", reason="Flask is not installed: pip install -e '.[flask]'")
+
+from werkzeug.test import create_environ, run_wsgi_app  # noqa: E402
+
+from aerostic_webhooks import Event, MemoryStore, WebhookReceiver  # noqa: E402
+from aerostic_webhooks.flask import webhook_blueprint  # noqa: E402
+from aerostic_webhooks.stores import Record  # noqa: E402
+
+from .contract import (  # noqa: E402
+    FAILED,
+    LIMIT,
+    SECRET,
+    TOO_LARGE,
+    UNAVAILABLE,
+    Case,
+    cases,
+    signed,
+)
+from .contract import sample_body as sample  # noqa: E402
+
+URL = "/webhooks/aerostic"
+
+
+def make_app(receiver: WebhookReceiver) -> flask.Flask:
+    app = flask.Flask(__name__)
+    app.register_blueprint(webhook_blueprint(receiver), url_prefix=URL)
+    return app
+
+
+@pytest.fixture
+def webhooks() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def client(webhooks: WebhookReceiver) -> flask.testing.FlaskClient:
+    return make_app(webhooks).test_client()
+
+
+class Answer:
+    def __init__(self, status_code: int, headers: dict[str, str], data: bytes) -> None:
+        self.status_code, self.headers, self.data = status_code, headers, data
+
+
+def post_stream(
+    app: flask.Flask, stream: io.RawIOBase | io.BytesIO, headers: dict[str, str], length: int | None
+) -> Answer:
+    """POST straight through WSGI, as a server does: chunked (no CONTENT_LENGTH) or declared."""
+    environ = create_environ(URL, method="POST", headers=headers)
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input"] = stream
+    if length is None:
+        environ["wsgi.input_terminated"] = True  # what gunicorn sets for a chunked body
+    else:
+        environ["CONTENT_LENGTH"] = str(length)
+    app_iter, status, response_headers = run_wsgi_app(app.wsgi_app, environ, buffered=True)
+    return Answer(int(status.split()[0]), dict(response_headers), b"".join(app_iter))
+
+
+def assert_answer(response: flask.Response | Answer, case: Case) -> None:
+    assert response.status_code == case.status, case.name
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(response.data) == case.json, case.name
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_contract_with_content_length(client: flask.testing.FlaskClient, case: Case) -> None:
+    assert_answer(client.post(URL, data=case.body, headers=case.headers), case)
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_contract_chunked_without_content_length(webhooks: WebhookReceiver, case: Case) -> None:
+    headers = {**case.headers, "Transfer-Encoding": "chunked"}
+    assert_answer(post_stream(make_app(webhooks), io.BytesIO(case.body), headers, None), case)
+
+
+def test_accepted_events_are_recorded_and_handled(webhooks: WebhookReceiver) -> None:
+    seen: list[str] = []
+    webhooks.on("*")(lambda event: seen.append(event.event))
+    client = make_app(webhooks).test_client()
+    body = sample("contact.created")
+    assert client.post(URL, data=body, headers=signed(body)).status_code == 200
+    assert client.post(URL + "/", data=body, headers=signed(body)).status_code == 200  # dup
+    assert webhooks.drain(5)
+    assert seen == ["contact.created"]
+
+
+@pytest.mark.parametrize("path", [URL, URL + "/"])
+def test_both_spellings_answer_without_redirect(
+    client: flask.testing.FlaskClient, path: str
+) -> None:
+    body = sample("message.sent")
+    response = client.post(path, data=body, headers=signed(body), follow_redirects=False)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
+def test_other_methods_get_405(client: flask.testing.FlaskClient, method: str) -> None:
+    assert client.open(URL, method=method).status_code == 405
+    assert client.open(URL + "/", method=method).status_code == 405
+
+
+def test_declared_length_over_the_limit_is_refused_before_reading(
+    webhooks: WebhookReceiver,
+) -> None:
+    class Unreadable(io.RawIOBase):
+        def read(self, size: int = -1) -> bytes:
+            raise AssertionError("the body must not be read")
+
+    response = post_stream(make_app(webhooks), Unreadable(), signed(b""), LIMIT + 1)
+    assert_answer(response, Case("declared", b"", status=413, json=TOO_LARGE))
+
+
+def test_a_chunked_body_is_read_to_at_most_limit_plus_one(webhooks: WebhookReceiver) -> None:
+    class Endless(io.RawIOBase):
+        served = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+            buffer[:] = b"x" * len(buffer)
+            self.served += len(buffer)
+            return len(buffer)
+
+    stream = Endless()
+    response = post_stream(make_app(webhooks), stream, {"Transfer-Encoding": "chunked"}, None)
+    assert_answer(response, Case("endless", b"", status=413, json=TOO_LARGE))
+    assert stream.served <= LIMIT + 1
+
+
+def test_never_touches_flask_json_or_form(
+    webhooks: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(*args: object, **kwargs: object) -> object:
+        raise AssertionError("the adapter must not parse the body with Flask")
+
+    monkeypatch.setattr(flask.Request, "get_json", forbidden)
+    monkeypatch.setattr(flask.Request, "_load_form_data", forbidden)
+    app = make_app(webhooks)
+
+    class Provider(flask.json.provider.DefaultJSONProvider):
+        loads = staticmethod(forbidden)  # type: ignore[assignment]
+        dumps = staticmethod(forbidden)  # type: ignore[assignment]
+
+    app.json = Provider(app)
+    body = sample("message.read")
+    response = app.test_client().post(
+        URL, data=body, headers={**signed(body), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert json.loads(response.data) == {"received": True}
+
+
+def test_store_unavailable_is_503() -> None:
+    class Down(MemoryStore):
+        def add(self, record: Record) -> bool:
+            raise ConnectionError("down")
+
+    with WebhookReceiver(SECRET, store=Down()) as receiver:
+        body = sample("message.received")
+        response = make_app(receiver).test_client().post(URL, data=body, headers=signed(body))
+    assert_answer(response, Case("503", body, status=503, json=UNAVAILABLE))
+
+
+def test_inline_handler_failure_is_500() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as receiver:
+
+        @receiver.on("*")
+        def broken(event: Event) -> None:
+            raise RuntimeError("nope")
+
+        body = sample("message.received")
+        response = make_app(receiver).test_client().post(URL, data=body, headers=signed(body))
+    assert_answer(response, Case("500", body, status=500, json=FAILED))
+
+
+def test_registration_starts_the_worker(webhooks: WebhookReceiver) -> None:
+    assert not webhooks._worker.running
+    make_app(webhooks)
+    assert webhooks._worker.running
+
+
+def test_two_receivers_on_one_app_and_one_blueprint_on_two_apps() -> None:
+    with (
+        WebhookReceiver("secret-a", store=MemoryStore()) as first,
+        WebhookReceiver("secret-b", store=MemoryStore()) as second,
+    ):
+        app = flask.Flask(__name__)
+        app.register_blueprint(webhook_blueprint(first, name="first"), url_prefix="/a")
+        app.register_blueprint(webhook_blueprint(second, name="second"), url_prefix="/b")
+        client = app.test_client()
+        body = sample("message.received")
+        assert client.post("/a", data=body, headers=signed(body, "secret-a")).status_code == 200
+        assert client.post("/b", data=body, headers=signed(body, "secret-b")).status_code == 200
+        assert client.post("/a", data=body, headers=signed(body, "secret-b")).status_code == 401
+        assert client.post("/b/", data=body, headers=signed(body, "secret-a")).status_code == 401
+
+        blueprint = webhook_blueprint(first, name="shared")
+        apps = [flask.Flask("one"), flask.Flask("two")]
+        for each in apps:
+            each.register_blueprint(blueprint, url_prefix="/hooks")
+        other = sample("message.sent")
+        for each in apps:
+            response = each.test_client().post(
+                "/hooks", data=other, headers=signed(other, "secret-a")
+            )
+            assert response.status_code == 200
+        assert first.store.get("message.sent:msg_def456") is not None

@@ -1,0 +1,149 @@
+"""The Flask example under gunicorn, over real sockets: fast acks, every event handled once."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flask", reason="Flask is not installed: pip install -e '.[flask]'")
+
+from aerostic_webhooks import sign
+from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec_gunicorn_test"
+HANDLER_SECONDS = 10.0
+
+# Serves the example's create_app() with a receiver whose handler sleeps, and counts its runs
+# in a file, outside the store under test.
+WRAPPER = """
+import os, sys, time
+sys.path.insert(0, {examples!r})
+import flask_app
+from aerostic_webhooks import WebhookReceiver
+
+webhooks = WebhookReceiver(concurrency=16)
+counter = os.open({counter!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+@webhooks.on("*")
+def slow(event):
+    time.sleep({seconds!r})
+    line = f"{{os.getpid()}} {{event.event}} {{event.data.id}}\\n"
+    os.write(counter, line.encode())
+
+app = flask_app.create_app(webhooks)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "gunicorn exited early"
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", "/")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            connection.close()
+    raise AssertionError("gunicorn did not start serving")
+
+
+@pytest.fixture(params=["sync", "gthread"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
+    if gunicorn is None:
+        pytest.skip("gunicorn is not installed: pip install -e '.[test]'")
+    counter = tmp_path / "handled.txt"
+    (tmp_path / "served_app.py").write_text(
+        WRAPPER.format(
+            examples=str(ROOT / "examples"), counter=str(counter), seconds=HANDLER_SECONDS
+        )
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "AEROSTIC_WEBHOOK_SECRET": SECRET,
+        "AEROSTIC_WEBHOOKS_DB": str(tmp_path / "inbox.sqlite3"),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [gunicorn, "--chdir", str(tmp_path), "-w", "3", "-k", request.param]
+    command += ["--threads", "4", "-b", f"127.0.0.1:{port}", "served_app:app"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    try:
+        wait_until_serving(port, process)
+        yield port, counter
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def post(port: int, body: bytes, *, chunked: bool) -> tuple[int, bytes, float]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"X-Aerostic-Signature": sign(body, SECRET), "Content-Type": "application/json"}
+    started = time.monotonic()
+    if chunked:
+        chunks = iter([body[: len(body) // 2], body[len(body) // 2 :]])
+        connection.request(
+            "POST", "/webhooks/aerostic", body=chunks, headers=headers, encode_chunked=True
+        )
+    else:
+        connection.request("POST", "/webhooks/aerostic", body=body, headers=headers)
+    response = connection.getresponse()
+    answer = response.read()
+    elapsed = time.monotonic() - started
+    connection.close()
+    return response.status, answer, elapsed
+
+
+def test_gunicorn_acks_at_once_while_handlers_sleep_and_handles_each_event_once(
+    server: tuple[int, Path],
+) -> None:
+    port, counter = server
+    expected = []
+    for event_type in SAMPLE_PAYLOADS:
+        for chunked in (False, True):
+            event_id = f"{event_type}-{'chunked' if chunked else 'length'}"
+            body = sample_body(event_type, id=event_id)
+            status, answer, elapsed = post(port, body, chunked=chunked)
+            assert (status, answer) == (200, b'{"received": true}')
+            assert elapsed < 1.0, f"the ack took {elapsed:.2f}s while a handler sleeps 10 s"
+            expected.append(f"{event_type} {event_id}")
+            if len(expected) == 1:  # the sender's retry of the first one: still 200
+                assert post(port, body, chunked=True)[:2] == (200, b'{"received": true}')
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        lines = counter.read_text().splitlines() if counter.exists() else []
+        if len(lines) >= len(expected):
+            break
+        time.sleep(0.5)
+    time.sleep(1)  # a second run of anything would show up now
+    handled = collections.Counter(
+        line.split(" ", 1)[1] for line in counter.read_text().splitlines()
+    )
+    assert handled == collections.Counter(expected)
