@@ -8,6 +8,8 @@ import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -49,6 +51,14 @@ class Receipt(NamedTuple):
     event: Event
     event_id: str
     duplicate: bool = False
+
+
+_current_event_id: ContextVar[str] = ContextVar("aerostic_webhooks_event_id")
+
+
+def current_event_id() -> str:
+    """The id of the event whose handlers are running (``LookupError`` outside a handler)."""
+    return _current_event_id.get()
 
 
 def default_event_id(event: Event, body: bytes) -> str:
@@ -123,6 +133,7 @@ class WebhookReceiver:
         concurrency: int = 4,
         lease_seconds: float = 30.0,
         retention: timedelta = timedelta(days=7),
+        worker_context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         if secret is None:
             from_env = os.environ.get(SECRET_ENV, "")
@@ -153,6 +164,7 @@ class WebhookReceiver:
             lease_seconds=lease_seconds,
             retry_delays=retry_delays,
             retention=retention,
+            context=worker_context,
         )
 
     # -- registration -------------------------------------------------------------------------
@@ -301,19 +313,28 @@ class WebhookReceiver:
         if not handlers:
             logger.debug("no handler for %s; marked done", event.event)
         errors: list[BaseException] = []
-        for handler in handlers:
-            try:
-                self._call(handler, event)
-            except Exception as error:
-                errors.append(error)
-                logger.error(
-                    "handler %s raised for %s",
-                    getattr(handler, "__qualname__", repr(handler)),
-                    event_id,
-                    exc_info=error,
-                )
-                self._report(event, error)
+        token = _current_event_id.set(event_id)
+        try:
+            for handler in handlers:
+                self._call_handler(handler, event, event_id, errors)
+        finally:
+            _current_event_id.reset(token)
         return errors
+
+    def _call_handler(
+        self, handler: Handler, event: Event, event_id: str, errors: list[BaseException]
+    ) -> None:
+        try:
+            self._call(handler, event)
+        except Exception as error:
+            errors.append(error)
+            logger.error(
+                "handler %s raised for %s",
+                getattr(handler, "__qualname__", repr(handler)),
+                event_id,
+                exc_info=error,
+            )
+            self._report(event, error)
 
     def _call(self, function: Callable[..., Any], *args: Any) -> None:
         result = function(*args)

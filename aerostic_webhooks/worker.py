@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import TypeVar
 
@@ -92,6 +93,7 @@ class Worker:
         retention: timedelta = timedelta(days=7),
         purge_interval: float = 3600.0,
         coalesce_seconds: float = 0.002,
+        context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -108,6 +110,7 @@ class Worker:
         self._retention = retention
         self._purge_interval = purge_interval
         self._coalesce = coalesce_seconds
+        self._context = context or nullcontext
         self._lock = threading.Lock()
         self._reset()
 
@@ -211,36 +214,42 @@ class Worker:
 
     def _handle_loop(self, tokens: queue.SimpleQueue[bool], stopped: threading.Event) -> None:
         while not stopped.is_set():
-            record = self._claim(stopped)
-            if record is not None:
-                self._run(record)
+            if self._step(stopped):
                 continue
             # Say we are idle, then look once more: a delivery recorded before wake() saw
-            # us idle is found by this claim; one recorded after it gets us a token.
+            # us idle is found by this step; one recorded after it gets us a token.
             with self._changed:
                 self._idle += 1
             try:
-                record = self._claim(stopped)
-                if record is None:
-                    try:
-                        if not tokens.get(timeout=self._wait_for()):
-                            return  # close() asked us to stop
-                        # Let a burst of deliveries gather, then take it in one go: one
-                        # thread switch for the burst instead of one per delivery.
-                        stopped.wait(self._coalesce)
-                    except queue.Empty:
-                        pass
-                    self._token_out = False
+                if self._step(stopped):
+                    continue
+                try:
+                    if not tokens.get(timeout=self._wait_for()):
+                        return  # close() asked us to stop
+                    # Let a burst of deliveries gather, then take it in one go: one thread
+                    # switch for the burst instead of one per delivery.
+                    stopped.wait(self._coalesce)
+                except queue.Empty:
+                    pass
+                self._token_out = False
             finally:
                 with self._changed:
                     self._idle -= 1
-            if record is not None:
-                self._run(record)
+
+    def _step(self, stopped: threading.Event) -> bool:
+        """Claim one due record and process it; ``False`` if there was none."""
+        with self._context():
+            record = self._claim(stopped)
+            if record is None:
+                return False
+            self._run(record)
+            return True
 
     def _wait_for(self) -> float:
         """Sleep until the next record falls due, but at most ``poll_interval``."""
         try:
-            due = self.store.next_due()
+            with self._context():
+                due = self.store.next_due()
         except Exception:
             return self._poll_interval
         if due is None:
@@ -313,10 +322,11 @@ class Worker:
     def _housekeeping(self, stopped: threading.Event) -> None:
         next_purge = time.monotonic()
         while not stopped.is_set():
-            self._renew()
-            if time.monotonic() >= next_purge:
-                self._purge()
-                next_purge = time.monotonic() + self._purge_interval
+            with self._context():
+                self._renew()
+                if time.monotonic() >= next_purge:
+                    self._purge()
+                    next_purge = time.monotonic() + self._purge_interval
             stopped.wait(self._lease / 3)
 
     def _renew(self) -> None:

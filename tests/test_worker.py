@@ -356,3 +356,31 @@ def test_external_mode_only_records_and_a_started_worker_processes() -> None:
     record = store.get(event_id)
     assert record is not None
     assert record.status is Status.DONE
+
+
+def test_worker_context_wraps_each_step_and_handlers_know_their_event_id() -> None:
+    import contextlib
+
+    from aerostic_webhooks.receiver import current_event_id
+
+    inside = threading.local()
+    entered: list[int] = []
+
+    @contextlib.contextmanager
+    def context() -> Any:
+        inside.active = True
+        entered.append(1)
+        try:
+            yield
+        finally:
+            inside.active = False
+
+    seen: list[tuple[bool, str]] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), worker_context=context) as webhooks:
+        webhooks.on("*")(lambda e: seen.append((inside.active, current_event_id())))
+        deliver(webhooks)
+        assert webhooks.drain(5)
+    assert seen == [(True, "message.received:msg_abc123")]
+    assert entered
+    with pytest.raises(LookupError):
+        current_event_id()

@@ -1,0 +1,104 @@
+"""The app config: builds the receiver from the settings and registers the system checks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.apps import AppConfig, apps
+from django.core import checks
+from django.db import close_old_connections
+
+from ..events import Event
+from ..receiver import WebhookReceiver, current_event_id
+from .conf import SETTING, webhook_settings
+from .signals import SIGNALS_BY_TYPE, webhook_failed, webhook_received
+
+__all__ = ["AerosticWebhooksConfig"]
+
+
+@contextmanager
+def request_cycle() -> Iterator[None]:
+    """Around each worker step, what Django does around a request for its connections."""
+    close_old_connections()
+    try:
+        yield
+    finally:
+        close_old_connections()
+
+
+def _send_signals(event: Event) -> None:
+    """Send ``webhook_received`` and the event's own signal; raise if a receiver raised."""
+    kwargs: dict[str, Any] = {"sender": type(event), "event": event, "event_id": current_event_id()}
+    errors: list[BaseException] = []
+    for signal in (webhook_received, SIGNALS_BY_TYPE.get(event.event)):
+        if signal is None:
+            continue
+        for _, response in signal.send_robust(**kwargs):
+            if isinstance(response, BaseException):
+                errors.append(response)
+    if errors:
+        raise errors[0]
+
+
+def _send_failed(event: Event, error: BaseException) -> None:
+    webhook_failed.send_robust(
+        sender=type(event), event=event, event_id=current_event_id(), error=error
+    )
+
+
+class AerosticWebhooksConfig(AppConfig):
+    name = "aerostic_webhooks.django"
+    label = "aerostic_webhooks"
+    verbose_name = "Aerostic webhooks"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def __init__(self, app_name: str, app_module: Any) -> None:
+        super().__init__(app_name, app_module)
+        self._receiver: WebhookReceiver | None = None
+        self._lock = threading.Lock()
+
+    def ready(self) -> None:
+        checks.register(check_settings, "aerostic_webhooks")
+
+    def receiver(self) -> WebhookReceiver:
+        """This process's receiver; a misconfiguration raises ``ValueError`` (see the checks)."""
+        if self._receiver is None:
+            with self._lock:
+                if self._receiver is None:
+                    self._receiver = self.build_receiver()
+        return self._receiver
+
+    def build_receiver(self) -> WebhookReceiver:
+        from .store import DjangoStore
+
+        configured = webhook_settings()
+        if configured.problems:
+            raise ValueError("; ".join(message for _, message in configured.problems))
+        receiver = WebhookReceiver(
+            list(configured.secrets),
+            store=DjangoStore(using=configured.database),
+            process="background" if configured.worker == "thread" else "external",
+            max_body_bytes=configured.max_body_bytes,
+            retention=configured.retention,
+            worker_context=request_cycle,
+        )
+        receiver.on("*")(_send_signals)
+        receiver.on_error(_send_failed)
+        return receiver
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``manage.py check``: a missing or empty secret, and other bad values, are errors."""
+    if app_configs is not None and apps.get_app_config("aerostic_webhooks") not in app_configs:
+        return []
+    return [
+        checks.Error(
+            message,
+            hint=f"Set {SETTING} = {{'SECRET': env('AEROSTIC_WEBHOOK_SECRET')}} in settings.py.",
+            id=f"aerostic_webhooks.{code}",
+        )
+        for code, message in webhook_settings().problems
+    ]

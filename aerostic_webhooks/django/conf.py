@@ -1,0 +1,64 @@
+"""The ``AEROSTIC_WEBHOOKS`` setting, read and checked in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any, Literal
+
+from django.conf import settings
+
+from ..receiver import DEFAULT_MAX_BODY_BYTES
+
+__all__ = ["WebhookSettings", "webhook_settings"]
+
+SETTING = "AEROSTIC_WEBHOOKS"
+
+
+@dataclasses.dataclass(frozen=True)
+class WebhookSettings:
+    """What the app was configured with; ``problems`` holds (check id, message) pairs."""
+
+    secrets: tuple[str, ...]
+    max_body_bytes: int
+    retention: timedelta
+    worker: Literal["thread", "external"]
+    database: str
+    problems: tuple[tuple[str, str], ...]
+
+
+def webhook_settings() -> WebhookSettings:
+    raw: dict[str, Any] = dict(getattr(settings, SETTING, None) or {})
+    problems: list[tuple[str, str]] = []
+    secrets = raw.get("SECRETS")
+    if secrets is None:
+        secrets = [raw.get("SECRET")] if raw.get("SECRET") is not None else []
+    elif isinstance(secrets, str):
+        secrets = [secrets]
+    secrets = [s for s in secrets if isinstance(s, str) and s.strip()]
+    if not secrets:
+        problems.append(("E001", f"{SETTING}['SECRET'] (or 'SECRETS') is missing or empty"))
+    max_body_bytes = raw.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+    if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+        problems.append(("E002", f"{SETTING}['MAX_BODY_BYTES'] must be a positive integer"))
+        max_body_bytes = DEFAULT_MAX_BODY_BYTES
+    retention = raw.get("RETENTION", timedelta(days=7))
+    if isinstance(retention, (int, float)):
+        retention = timedelta(seconds=retention)
+    if not isinstance(retention, timedelta) or retention <= timedelta(0):
+        problems.append(("E003", f"{SETTING}['RETENTION'] must be a positive timedelta or seconds"))
+        retention = timedelta(days=7)
+    worker = raw.get("WORKER", "thread")
+    if worker not in ("thread", "external"):
+        problems.append(
+            ("E004", f"{SETTING}['WORKER'] must be 'thread' or 'external', not {worker!r}")
+        )
+        worker = "thread"
+    return WebhookSettings(
+        secrets=tuple(secrets),
+        max_body_bytes=max_body_bytes,
+        retention=retention,
+        worker=worker,
+        database=str(raw.get("DATABASE", "default")),
+        problems=tuple(problems),
+    )

@@ -1,0 +1,335 @@
+"""The Django app: the view's contract, signals, system checks, the admin, PostgreSQL races."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django", reason="Django is not installed: pip install -e '.[django]'")
+
+from django.apps import apps
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db.models import QuerySet
+from django.test import Client
+
+from aerostic_webhooks import MessageReceived, WebhookReceiver
+from aerostic_webhooks.django import get_receiver
+from aerostic_webhooks.django.apps import AerosticWebhooksConfig, check_settings, request_cycle
+from aerostic_webhooks.django.models import WebhookEvent
+from aerostic_webhooks.django.signals import (
+    SIGNALS_BY_TYPE,
+    message_received,
+    webhook_failed,
+    webhook_received,
+)
+from aerostic_webhooks.django.store import DjangoStore
+from aerostic_webhooks.stores import Status
+
+from .contract import LIMIT, SECRET, Case, cases, sample_body, signed
+from .django_settings import POSTGRES_AVAILABLE
+
+URL = "/webhooks/aerostic/"
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def app_config() -> Iterator[AerosticWebhooksConfig]:
+    """A fresh receiver for each test, closed (its worker stopped) before the database goes."""
+    config = apps.get_app_config("aerostic_webhooks")
+    assert isinstance(config, AerosticWebhooksConfig)
+    config._receiver = None
+    yield config
+    if config._receiver is not None:
+        config._receiver.close()
+        config._receiver = None
+
+
+class Recorder:
+    """A signal receiver that keeps what it was sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, sender: type, **kwargs: Any) -> None:
+        with self.lock:
+            self.calls.append({"sender": sender, **kwargs})
+
+
+@pytest.fixture
+def received() -> Iterator[Recorder]:
+    recorder = Recorder()
+    webhook_received.connect(recorder, weak=False)
+    yield recorder
+    webhook_received.disconnect(recorder)
+
+
+def post(client: Client, case: Case, path: str = URL) -> Any:
+    return client.post(path, data=case.body, content_type="application/json", headers=case.headers)
+
+
+def assert_answer(response: Any, case: Case) -> None:
+    assert response.status_code == case.status, case.name
+    assert response["Content-Type"] == "application/json"
+    assert json.loads(response.content) == case.json, case.name
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_contract(client: Client, case: Case) -> None:
+    assert_answer(post(client, case), case)
+
+
+def test_the_view_routed_by_hand_answers_the_same(client: Client) -> None:
+    body = sample_body("message.sent")
+    assert_answer(post(client, Case("custom", body, signed(body)), "/hooks/"), Case("ok", body))
+
+
+def test_no_csrf_token_and_no_login_needed() -> None:
+    body = sample_body("message.read")
+    client = Client(enforce_csrf_checks=True)  # LoginRequiredMiddleware is installed too
+    assert_answer(post(client, Case("csrf", body, signed(body))), Case("ok", body))
+
+
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete", "options", "head"])
+def test_other_methods_get_405(client: Client, method: str) -> None:
+    assert getattr(client, method)(URL).status_code == 405
+
+
+def test_over_data_upload_max_memory_size_is_413_not_500(client: Client, settings: Any) -> None:
+    # tests.django_settings sets DATA_UPLOAD_MAX_MEMORY_SIZE (2048) under MAX_BODY_BYTES.
+    body = sample_body("message.received", text="x" * 3000)
+    assert len(body) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    assert_answer(post(client, Case("big", body, signed(body))), Case("ok", body))
+    huge = sample_body("message.received", text="x" * LIMIT)
+    response = post(client, Case("huge", huge, signed(huge)))
+    assert response.status_code == 413
+
+
+def test_store_unavailable_is_503(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import OperationalError
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("database is down")
+
+    monkeypatch.setattr(QuerySet, "create", down)
+    body = sample_body("message.received")
+    response = post(client, Case("down", body, signed(body)))
+    assert_answer(
+        response, Case("503", body, status=503, json={"error": "Temporarily unavailable"})
+    )
+
+
+def test_a_misconfigured_app_answers_503_and_the_check_reports_it(
+    client: Client, settings: Any
+) -> None:
+    settings.AEROSTIC_WEBHOOKS = {"SECRET": ""}
+    body = sample_body("message.received")
+    response = post(client, Case("misconfigured", body, signed(body)))
+    assert response.status_code == 503
+    [error] = check_settings()
+    assert error.id == "aerostic_webhooks.E001"
+    with pytest.raises(SystemCheckError, match=r"aerostic_webhooks\.E001"):
+        call_command("check")
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        ({}, "aerostic_webhooks.E001"),
+        ({"SECRETS": ["", " "]}, "aerostic_webhooks.E001"),
+        ({"SECRET": "s", "MAX_BODY_BYTES": 0}, "aerostic_webhooks.E002"),
+        ({"SECRET": "s", "RETENTION": -1}, "aerostic_webhooks.E003"),
+        ({"SECRET": "s", "WORKER": "celery"}, "aerostic_webhooks.E004"),
+    ],
+)
+def test_system_checks(settings: Any, value: dict[str, Any], code: str) -> None:
+    settings.AEROSTIC_WEBHOOKS = value
+    assert [error.id for error in check_settings()] == [code]
+
+
+def test_secrets_list_rotates_and_the_setting_is_masked_in_error_reports(
+    client: Client, settings: Any
+) -> None:
+    from django.views.debug import SafeExceptionReporterFilter
+
+    settings.AEROSTIC_WEBHOOKS = {"SECRETS": ["whsec_new", SECRET]}
+    body = sample_body("contact.created")
+    assert post(client, Case("old", body, signed(body, SECRET))).status_code == 200
+    masked = SafeExceptionReporterFilter().get_safe_settings()["AEROSTIC_WEBHOOKS"]
+    assert "whsec_new" not in str(masked)
+
+
+def test_signals_carry_typed_events_and_come_from_the_worker(
+    client: Client, received: Recorder
+) -> None:
+    typed = Recorder()
+    message_received.connect(typed, weak=False)
+    try:
+        body = sample_body("message.received")
+        assert post(client, Case("s", body, signed(body))).status_code == 200
+        assert received.calls == [] or received.calls[0]["sender"] is MessageReceived
+        assert get_receiver().drain(10)
+    finally:
+        message_received.disconnect(typed)
+    for recorder in (received, typed):
+        [call] = recorder.calls
+        assert call["sender"] is MessageReceived
+        assert isinstance(call["event"], MessageReceived)
+        assert call["event"].data.from_ == "+919876543210"
+        assert call["event_id"] == "message.received:msg_abc123"
+    record = WebhookEvent.objects.get(event_id="message.received:msg_abc123")
+    assert record.status == "done"
+
+
+def test_every_type_has_its_signal(client: Client) -> None:
+    seen: list[str] = []
+    recorders = {}
+    for event_type, signal in SIGNALS_BY_TYPE.items():
+
+        def remember(sender: type, event_type: str = event_type, **kwargs: Any) -> None:
+            seen.append(event_type)
+
+        recorders[event_type] = remember
+        signal.connect(remember, weak=False)
+    try:
+        for event_type in SIGNALS_BY_TYPE:
+            body = sample_body(event_type)
+            assert post(client, Case(event_type, body, signed(body))).status_code == 200
+        assert get_receiver().drain(10)
+    finally:
+        for event_type, signal in SIGNALS_BY_TYPE.items():
+            signal.disconnect(recorders[event_type])
+    assert sorted(seen) == sorted(SIGNALS_BY_TYPE)
+
+
+def test_a_raising_receiver_gets_the_event_retried_and_webhook_failed_sent(
+    client: Client,
+) -> None:
+    failures = Recorder()
+
+    def broken(sender: type, **kwargs: Any) -> None:
+        raise RuntimeError("CRM down")
+
+    webhook_received.connect(broken, weak=False)
+    webhook_failed.connect(failures, weak=False)
+    try:
+        body = sample_body("message.received")
+        assert post(client, Case("f", body, signed(body))).status_code == 200
+        assert get_receiver().drain(10)
+    finally:
+        webhook_received.disconnect(broken)
+        webhook_failed.disconnect(failures)
+    record = WebhookEvent.objects.get(event_id="message.received:msg_abc123")
+    assert record.status == "pending"  # scheduled again by the default backoff
+    assert record.attempts == 1
+    assert record.last_error == "RuntimeError: CRM down"
+    [failure] = failures.calls
+    assert failure["sender"] is MessageReceived
+    assert failure["event_id"] == "message.received:msg_abc123"
+    assert str(failure["error"]) == "CRM down"
+
+
+def test_admin_lists_filters_shows_and_reprocesses(client: Client, received: Recorder) -> None:
+    for event_type in ("message.received", "contact.created"):
+        body = sample_body(event_type)
+        assert post(client, Case(event_type, body, signed(body))).status_code == 200
+    assert get_receiver().drain(10)
+    assert len(received.calls) == 2
+    staff = User.objects.create_user("staff", password="pw", is_staff=True, is_superuser=True)
+    client.force_login(staff)
+    changelist = "/admin/aerostic_webhooks/webhookevent/"
+    page = client.get(changelist).content.decode()
+    assert "message.received:msg_abc123" in page
+    assert "contact.created:contact_xyz" in page
+    filtered = client.get(changelist, {"event_type": "contact.created", "status": "done"})
+    assert "contact.created:contact_xyz" in filtered.content.decode()
+    assert "message.received:msg_abc123" not in filtered.content.decode()
+    searched = client.get(changelist, {"q": "msg_abc123"}).content.decode()
+    assert "message.received:msg_abc123" in searched
+    assert "contact.created:contact_xyz" not in searched
+    row = WebhookEvent.objects.get(event_id="contact.created:contact_xyz")
+    detail = client.get(f"{changelist}{row.pk}/change/").content.decode()
+    assert "&quot;tags&quot;: [" in detail  # the payload, indented JSON
+    assert 'name="event_type"' not in detail  # read-only: no form inputs
+    response = client.post(
+        changelist, {"action": "reprocess", "_selected_action": [row.pk]}, follow=True
+    )
+    assert "1 event(s) queued" in response.content.decode()
+    assert get_receiver().drain(10)
+    assert [call["event_id"] for call in received.calls].count("contact.created:contact_xyz") == 2
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_sixteen_threads_one_row_one_signal(settings: Any, received: Recorder) -> None:
+    settings.AEROSTIC_WEBHOOKS = {**settings.AEROSTIC_WEBHOOKS, "DATABASE": "postgres"}
+    body = sample_body("message.received", id="race")
+    barrier = threading.Barrier(16)
+    statuses: list[int] = []
+
+    def deliver() -> None:
+        client = Client()
+        barrier.wait()
+        statuses.append(post(client, Case("race", body, signed(body))).status_code)
+        from django.db import connections
+
+        connections.close_all()
+
+    threads = [threading.Thread(target=deliver) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 16
+    assert get_receiver().drain(10)
+    assert (
+        WebhookEvent.objects.using("postgres").filter(event_id="message.received:race").count() == 1
+    )
+    assert [call["event_id"] for call in received.calls] == ["message.received:race"]
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_store_contract() -> None:
+    store = DjangoStore(using="postgres")
+    receiver = WebhookReceiver(SECRET, store=store, retry_delays=(0,), worker_context=request_cycle)
+    try:
+        seen: list[str] = []
+        receiver.on("*")(lambda event: seen.append(event.event))
+        body = sample_body("message.failed")
+        assert receiver.receive(body, signed(body)).duplicate is False
+        assert receiver.receive(body, signed(body)).duplicate is True
+        assert receiver.drain(10)
+        assert seen == ["message.failed"]
+        assert store.counts()[Status.DONE] == 1
+        assert store.purge(older_than=store.list()[0].received_at + timedelta(seconds=1)) == 1
+    finally:
+        receiver.close()
+
+
+def test_postgres_is_reachable() -> None:
+    if not POSTGRES_AVAILABLE:
+        from .conftest import service_missing
+
+        service_missing("PostgreSQL", "127.0.0.1:5432, database test")
+
+
+@pytest.mark.parametrize("case", cases()[:8] + cases()[-3:], ids=lambda case: case.name)
+def test_async_view_answers_the_same(case: Case) -> None:
+    from django.test import AsyncClient
+
+    async def deliver() -> Any:
+        client = AsyncClient(enforce_csrf_checks=True)
+        return await client.post(
+            "/async-hooks/", data=case.body, content_type="application/json", headers=case.headers
+        )
+
+    assert_answer(asyncio.run(deliver()), case)
