@@ -38,6 +38,7 @@ __all__ = [
     "MessageSent",
     "MessageSentData",
     "UnknownEvent",
+    "event_json_schema",
     "parse_event",
 ]
 
@@ -182,6 +183,29 @@ KnownEvent = Annotated[
 AnyEvent = KnownEvent | UnknownEvent
 _KNOWN: TypeAdapter[Event] = TypeAdapter(KnownEvent)
 _UNKNOWN: TypeAdapter[UnknownEvent] = TypeAdapter(UnknownEvent)
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a delivery's body (any of the known events), with no ``$ref``s.
+
+    Self-contained, so it can be embedded anywhere, such as an OpenAPI request body.
+    """
+    schema = TypeAdapter(KnownEvent).json_schema(by_alias=True)
+    definitions = schema.pop("$defs", {})
+    schema.pop("discriminator", None)  # its mapping names the $defs inlined below
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
 
 
 def _describe(error: ValidationError) -> str:

@@ -37,7 +37,7 @@ def webhook_blueprint(receiver: WebhookReceiver, name: str = "aerostic_webhooks"
         )
 
     def start_worker(state: BlueprintSetupState) -> None:
-        receiver.start()
+        receiver.start_serving()
 
     blueprint.record(start_worker)
     return blueprint

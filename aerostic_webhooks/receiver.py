@@ -355,6 +355,15 @@ class WebhookReceiver:
         if self.process != "inline":
             self._worker.start()
 
+    def start_serving(self) -> None:
+        """What an adapter calls when its application starts: start a background worker.
+
+        An ``"external"`` receiver leaves processing to its worker process, and an
+        ``"inline"`` one has nothing to start.
+        """
+        if self.process == "background":
+            self._worker.start()
+
     def retry(self, event_id: str) -> bool:
         """Queue a failed (or done, or scheduled) record again now; ``False`` if it cannot be."""
         requeued = self.store.requeue(event_id)

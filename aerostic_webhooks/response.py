@@ -6,14 +6,27 @@ a synchronous adapter, which only has to say how to read its body and write the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import PayloadTooLarge, WebhookError
 from .receiver import Headers, Receipt, WebhookReceiver
 
-__all__ = ["CONTENT_TYPE", "read_limited", "render", "respond"]
+__all__ = [
+    "CONTENT_TYPE",
+    "declared_length",
+    "read_limited",
+    "read_limited_async",
+    "receive_request",
+    "receive_request_async",
+    "render",
+    "respond",
+    "respond_async",
+    "too_large",
+]
 
 logger = logging.getLogger("aerostic_webhooks")
 
@@ -21,6 +34,10 @@ CONTENT_TYPE = "application/json"
 _ACCEPTED = (200, json.dumps({"received": True}).encode())
 _ERROR_BODIES: dict[str, bytes] = {}
 _CHUNK = 65536
+# Up to this size a body is verified and parsed on the event loop when the store does not
+# block (MemoryStore): a thread hop would cost more than the work. Larger bodies, and every
+# store that does I/O, go to a thread.
+_INLINE_MAX = 65536
 
 
 def render(outcome: Receipt | WebhookError) -> tuple[int, bytes]:
@@ -32,6 +49,13 @@ def render(outcome: Receipt | WebhookError) -> tuple[int, bytes]:
     if body is None:
         body = _ERROR_BODIES[message] = json.dumps({"error": message}).encode()
     return outcome.status_code, body
+
+
+def declared_length(value: str | int | None) -> int | None:
+    """A ``Content-Length`` as an int, or ``None`` when absent or not a number."""
+    if isinstance(value, int):
+        return value
+    return int(value) if value and value.strip().isdigit() else None
 
 
 def too_large(declared_length: int | None, limit: int) -> PayloadTooLarge | None:
@@ -55,17 +79,83 @@ def read_limited(read: Callable[[int], bytes], limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_limited_async(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """``read_limited`` for an ASGI body stream: stops at the first chunk past ``limit``."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            logger.warning("rejected a delivery: body is over the limit of %d bytes", limit)
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def receive_request(
+    receiver: WebhookReceiver,
+    headers: Headers,
+    read: Callable[[int], bytes],
+    length: int | None,
+) -> Receipt:
+    """Refuse a declared length over the limit, read the body (bounded) and receive it."""
+    refused = too_large(length, receiver.max_body_bytes)
+    if refused is not None:
+        raise refused
+    return receiver.receive(read_limited(read, receiver.max_body_bytes), headers)
+
+
+async def receive_request_async(
+    receiver: WebhookReceiver,
+    headers: Headers,
+    chunks: AsyncIterator[bytes],
+    length: int | None,
+) -> Receipt:
+    """``receive_request`` for an asyncio server: nothing that blocks runs on the event loop."""
+    refused = too_large(length, receiver.max_body_bytes)
+    if refused is not None:
+        raise refused
+    body = await read_limited_async(chunks, receiver.max_body_bytes)
+    if len(body) <= _INLINE_MAX and not getattr(receiver.store, "blocking", True):
+        return receiver.receive(body, headers)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_off_loop(), receiver.receive, body, headers)
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _off_loop() -> ThreadPoolExecutor:
+    """Two threads for the receive work of async adapters.
+
+    Few on purpose: every thread that runs Python competes with the event loop for the GIL,
+    and with many of them the loop waits its turn for hundreds of milliseconds.
+    """
+    global _executor  # noqa: PLW0603 (one pool per process, made on first use)
+    if _executor is None:
+        _executor = ThreadPoolExecutor(2, thread_name_prefix="aerostic-webhooks-receive")
+    return _executor
+
+
 def respond(
     receiver: WebhookReceiver,
     headers: Headers,
     read: Callable[[int], bytes],
-    declared_length: int | None,
+    length: int | None,
 ) -> tuple[int, bytes]:
-    """Read (bounded), receive and render one request: all a synchronous adapter needs."""
-    outcome: Receipt | WebhookError | None = too_large(declared_length, receiver.max_body_bytes)
-    if outcome is None:
-        try:
-            outcome = receiver.receive(read_limited(read, receiver.max_body_bytes), headers)
-        except WebhookError as error:
-            outcome = error
-    return render(outcome)
+    """A synchronous adapter's whole request: ``receive_request``, then the contract's answer."""
+    try:
+        return render(receive_request(receiver, headers, read, length))
+    except WebhookError as error:
+        return render(error)
+
+
+async def respond_async(
+    receiver: WebhookReceiver,
+    headers: Headers,
+    chunks: AsyncIterator[bytes],
+    length: int | None,
+) -> tuple[int, bytes]:
+    """An asyncio adapter's whole request: ``receive_request_async``, then the answer."""
+    try:
+        return render(await receive_request_async(receiver, headers, chunks, length))
+    except WebhookError as error:
+        return render(error)

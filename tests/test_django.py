@@ -176,7 +176,7 @@ def test_signals_carry_typed_events_and_come_from_the_worker(
         body = sample_body("message.received")
         assert post(client, Case("s", body, signed(body))).status_code == 200
         assert received.calls == [] or received.calls[0]["sender"] is MessageReceived
-        assert get_receiver().drain(10)
+        assert get_receiver().drain(30)
     finally:
         message_received.disconnect(typed)
     for recorder in (received, typed):
@@ -203,7 +203,7 @@ def test_every_type_has_its_signal(client: Client) -> None:
         for event_type in SIGNALS_BY_TYPE:
             body = sample_body(event_type)
             assert post(client, Case(event_type, body, signed(body))).status_code == 200
-        assert get_receiver().drain(10)
+        assert get_receiver().drain(30)
     finally:
         for event_type, signal in SIGNALS_BY_TYPE.items():
             signal.disconnect(recorders[event_type])
@@ -223,7 +223,7 @@ def test_a_raising_receiver_gets_the_event_retried_and_webhook_failed_sent(
     try:
         body = sample_body("message.received")
         assert post(client, Case("f", body, signed(body))).status_code == 200
-        assert get_receiver().drain(10)
+        assert get_receiver().drain(30)
     finally:
         webhook_received.disconnect(broken)
         webhook_failed.disconnect(failures)
@@ -241,7 +241,7 @@ def test_admin_lists_filters_shows_and_reprocesses(client: Client, received: Rec
     for event_type in ("message.received", "contact.created"):
         body = sample_body(event_type)
         assert post(client, Case(event_type, body, signed(body))).status_code == 200
-    assert get_receiver().drain(10)
+    assert get_receiver().drain(30)
     assert len(received.calls) == 2
     staff = User.objects.create_user("staff", password="pw", is_staff=True, is_superuser=True)
     client.force_login(staff)
@@ -263,7 +263,7 @@ def test_admin_lists_filters_shows_and_reprocesses(client: Client, received: Rec
         changelist, {"action": "reprocess", "_selected_action": [row.pk]}, follow=True
     )
     assert "1 event(s) queued" in response.content.decode()
-    assert get_receiver().drain(10)
+    assert get_receiver().drain(30)
     assert [call["event_id"] for call in received.calls].count("contact.created:contact_xyz") == 2
 
 
@@ -289,7 +289,7 @@ def test_postgres_sixteen_threads_one_row_one_signal(settings: Any, received: Re
     for thread in threads:
         thread.join()
     assert statuses == [200] * 16
-    assert get_receiver().drain(10)
+    assert get_receiver().drain(30)
     assert (
         WebhookEvent.objects.using("postgres").filter(event_id="message.received:race").count() == 1
     )
@@ -307,7 +307,7 @@ def test_postgres_store_contract() -> None:
         body = sample_body("message.failed")
         assert receiver.receive(body, signed(body)).duplicate is False
         assert receiver.receive(body, signed(body)).duplicate is True
-        assert receiver.drain(10)
+        assert receiver.drain(30)
         assert seen == ["message.failed"]
         assert store.counts()[Status.DONE] == 1
         assert store.purge(older_than=store.list()[0].received_at + timedelta(seconds=1)) == 1

@@ -10,13 +10,13 @@ import pytest
 
 flask = pytest.importorskip("flask", reason="Flask is not installed: pip install -e '.[flask]'")
 
-from werkzeug.test import create_environ, run_wsgi_app  # noqa: E402
+from werkzeug.test import create_environ, run_wsgi_app
 
-from aerostic_webhooks import Event, MemoryStore, WebhookReceiver  # noqa: E402
-from aerostic_webhooks.flask import webhook_blueprint  # noqa: E402
-from aerostic_webhooks.stores import Record  # noqa: E402
+from aerostic_webhooks import Event, MemoryStore, WebhookReceiver
+from aerostic_webhooks.flask import webhook_blueprint
+from aerostic_webhooks.stores import Record
 
-from .contract import (  # noqa: E402
+from .contract import (
     FAILED,
     LIMIT,
     SECRET,
@@ -26,7 +26,7 @@ from .contract import (  # noqa: E402
     cases,
     signed,
 )
-from .contract import sample_body as sample  # noqa: E402
+from .contract import sample_body as sample
 
 URL = "/webhooks/aerostic"
 
@@ -218,3 +218,14 @@ def test_two_receivers_on_one_app_and_one_blueprint_on_two_apps() -> None:
             )
             assert response.status_code == 200
         assert first.store.get("message.sent:msg_def456") is not None
+
+
+def test_an_external_receiver_runs_no_worker_in_the_web_process() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="external") as receiver:
+        client = make_app(receiver).test_client()
+        body = sample("message.received")
+        assert client.post(URL, data=body, headers=signed(body)).status_code == 200
+        assert not receiver._worker.running
+        record = receiver.store.get("message.received:msg_abc123")
+        assert record is not None
+        assert record.status == "pending"

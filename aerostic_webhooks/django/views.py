@@ -11,7 +11,7 @@ from django.views import View
 
 from ..errors import StoreUnavailable
 from ..receiver import WebhookReceiver
-from ..response import CONTENT_TYPE, render, respond
+from ..response import CONTENT_TYPE, declared_length, render, respond
 from . import get_receiver
 
 __all__ = ["AerosticWebhookView", "AsyncAerosticWebhookView"]
@@ -59,10 +59,7 @@ class AsyncAerosticWebhookView(AerosticWebhookView):
 
 
 def _length(request: HttpRequest) -> int | None:
-    try:
-        return int(request.META["CONTENT_LENGTH"])
-    except (KeyError, TypeError, ValueError):
-        return None
+    return declared_length(request.META.get("CONTENT_LENGTH"))
 
 
 def _reader(request: HttpRequest) -> Any:

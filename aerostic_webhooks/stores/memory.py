@@ -21,6 +21,9 @@ class MemoryStore:
     path never waits for the worker, which holds the lock for everything else.
     """
 
+    #: Its methods never wait on I/O, so async adapters may call ``add`` on the event loop.
+    blocking = False
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}

@@ -1,0 +1,313 @@
+"""Starlette route and FastAPI router: the contract, streaming limits, the loop, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette", reason="Starlette is not installed: pip install -e '.[starlette]'")
+pytest.importorskip("fastapi", reason="FastAPI is not installed: pip install -e '.[fastapi]'")
+httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install -e '.[test]'")
+
+from fastapi import Depends, FastAPI
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Message
+
+from aerostic_webhooks import Event, MemoryStore, SQLiteStore, WebhookReceiver
+from aerostic_webhooks.fastapi import verified_event, webhook_router
+from aerostic_webhooks.starlette import webhook_lifespan, webhook_route
+from aerostic_webhooks.stores import Record
+
+from .contract import (
+    FAILED,
+    LIMIT,
+    SECRET,
+    TOO_LARGE,
+    UNAVAILABLE,
+    Case,
+    cases,
+    sample_body,
+    signed,
+)
+
+URL = "/webhooks/aerostic"
+
+
+def starlette_app(receiver: WebhookReceiver) -> Starlette:
+    return Starlette(routes=[webhook_route(URL, receiver)], lifespan=webhook_lifespan(receiver))
+
+
+def fastapi_app(receiver: WebhookReceiver) -> FastAPI:
+    app = FastAPI()
+    app.include_router(webhook_router(receiver), prefix=URL)
+    return app
+
+
+FRAMEWORKS: dict[str, Callable[[WebhookReceiver], ASGIApp]] = {
+    "starlette": starlette_app,
+    "fastapi": fastapi_app,
+}
+
+
+@pytest.fixture(params=sorted(FRAMEWORKS))
+def make_app(request: pytest.FixtureRequest) -> Callable[[WebhookReceiver], ASGIApp]:
+    return FRAMEWORKS[request.param]
+
+
+@pytest.fixture
+def webhooks() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def client(
+    make_app: Callable[[WebhookReceiver], ASGIApp], webhooks: WebhookReceiver
+) -> Iterator[TestClient]:
+    with TestClient(make_app(webhooks)) as test_client:
+        yield test_client
+
+
+def raw(headers: dict[str, str]) -> dict[str, bytes]:
+    """Header values as bytes, as a server hands them over (non-ASCII ones included)."""
+    return {name: value.encode() for name, value in headers.items()}
+
+
+def assert_answer(response: Any, case: Case) -> None:
+    assert response.status_code == case.status, case.name
+    assert response.headers["content-type"] == "application/json"
+    assert json.loads(response.content) == case.json, case.name
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_contract_with_content_length(client: TestClient, case: Case) -> None:
+    assert_answer(client.post(URL, content=case.body, headers=raw(case.headers)), case)
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
+def test_contract_chunked(client: TestClient, case: Case) -> None:
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(case.body), 1000):
+            yield case.body[start : start + 1000]
+
+    assert_answer(client.post(URL, content=chunks(), headers=raw(case.headers)), case)
+
+
+@pytest.mark.parametrize("path", [URL, URL + "/"])
+def test_both_spellings_without_redirect(client: TestClient, path: str) -> None:
+    body = sample_body("message.sent")
+    response = client.post(path, content=body, headers=signed(body), follow_redirects=False)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+def test_other_methods_get_405(client: TestClient, method: str) -> None:
+    assert client.request(method, URL).status_code == 405
+    assert client.request(method, URL + "/").status_code == 405
+
+
+async def call(
+    app: ASGIApp, headers: list[tuple[bytes, bytes]], chunks: Iterator[bytes]
+) -> tuple[int, bytes, int]:
+    """Drive the app with a raw ASGI request; return status, body and chunks it pulled."""
+    pulled = 0
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        nonlocal pulled
+        chunk = next(chunks, None)
+        pulled += 1
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": URL,
+        "raw_path": URL.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], body, pulled
+
+
+def test_declared_length_over_the_limit_is_refused_before_reading(
+    make_app: Callable[[WebhookReceiver], ASGIApp], webhooks: WebhookReceiver
+) -> None:
+    def unreadable() -> Iterator[bytes]:
+        raise AssertionError("the body must not be read")
+        yield b""
+
+    headers = [(b"content-length", str(LIMIT + 1).encode())]
+    status, body, pulled = asyncio.run(call(make_app(webhooks), headers, unreadable()))
+    assert (status, json.loads(body)) == (413, TOO_LARGE)
+    assert pulled == 0
+
+
+def test_an_endless_chunked_body_is_cut_at_the_limit(
+    make_app: Callable[[WebhookReceiver], ASGIApp], webhooks: WebhookReceiver
+) -> None:
+    def endless() -> Iterator[bytes]:
+        while True:
+            yield b"x" * 1000
+
+    status, body, pulled = asyncio.run(call(make_app(webhooks), [], endless()))
+    assert (status, json.loads(body)) == (413, TOO_LARGE)
+    assert pulled <= LIMIT // 1000 + 2  # stopped at the first chunk past the limit
+
+
+def test_store_unavailable_is_503(make_app: Callable[[WebhookReceiver], ASGIApp]) -> None:
+    class Down(MemoryStore):
+        def add(self, record: Record) -> bool:
+            raise ConnectionError("down")
+
+    with (
+        WebhookReceiver(SECRET, store=Down()) as receiver,
+        TestClient(make_app(receiver)) as client,
+    ):
+        body = sample_body("message.received")
+        response = client.post(URL, content=body, headers=signed(body))
+    assert_answer(response, Case("503", body, status=503, json=UNAVAILABLE))
+
+
+def test_inline_handler_failure_is_500(make_app: Callable[[WebhookReceiver], ASGIApp]) -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as receiver:
+        receiver.on("*")(lambda event: 1 / 0)
+        with TestClient(make_app(receiver)) as client:
+            body = sample_body("message.received")
+            response = client.post(URL, content=body, headers=signed(body))
+    assert_answer(response, Case("500", body, status=500, json=FAILED))
+
+
+def test_lifespan_starts_and_drains_the_worker(
+    make_app: Callable[[WebhookReceiver], ASGIApp],
+) -> None:
+    seen: list[str] = []
+    receiver = WebhookReceiver(SECRET, store=MemoryStore())
+    receiver.on("*")(lambda event: (time.sleep(0.2), seen.append(event.event)))
+    with TestClient(make_app(receiver)) as client:
+        assert receiver._worker.running  # started at startup, before any delivery
+        body = sample_body("contact.created")
+        assert client.post(URL, content=body, headers=signed(body)).status_code == 200
+    assert seen == ["contact.created"]  # shutdown drained it
+    assert not receiver._worker.running
+
+
+def test_the_loop_stays_responsive_while_100_deliveries_and_slow_handlers_run(
+    make_app: Callable[[WebhookReceiver], ASGIApp], tmp_path: Path
+) -> None:
+    class SlowDisk(SQLiteStore):
+        def add(self, record: Record) -> bool:
+            time.sleep(0.05)  # a slow disk: 100 deliveries hold 5 s of blocking writes
+            return super().add(record)
+
+    release = threading.Event()
+    receiver = WebhookReceiver(SECRET, store=SlowDisk(tmp_path / "inbox.sqlite3"))
+    receiver.on("*")(lambda event: release.wait(10))  # a handler that takes 10 s
+    app = make_app(receiver)
+    bodies = [sample_body("message.received", id=f"d-{n}", text="x" * 20_000) for n in range(100)]
+
+    async def scenario() -> tuple[list[int], float]:
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            tick = asyncio.create_task(ticker())
+            responses = await asyncio.gather(
+                *(client.post(URL, content=body, headers=signed(body)) for body in bodies)
+            )
+            await asyncio.sleep(1.0)  # the handlers still block their threads meanwhile
+            done.set()
+            await tick
+        return [response.status_code for response in responses], max(gaps)
+
+    try:
+        statuses, worst_gap = asyncio.run(scenario())
+    finally:
+        release.set()
+        receiver.close()
+    assert statuses == [200] * 100
+    # SQLite writes, signatures and parsing run off the loop, handlers on their own threads.
+    assert worst_gap < 0.5, f"the event loop stalled for {worst_gap:.3f}s"
+
+
+def test_openapi_documents_the_endpoint() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore()) as receiver:
+        schema = fastapi_app(receiver).openapi()
+    operation = schema["paths"][URL]["post"]
+    assert [p["name"] for p in operation["parameters"]] == ["X-Aerostic-Signature"]
+    assert operation["parameters"][0]["in"] == "header"
+    body_schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    titles = {option["title"] for option in body_schema["oneOf"]}
+    assert titles == {
+        "MessageReceived",
+        "MessageSent",
+        "MessageDelivered",
+        "MessageRead",
+        "MessageFailed",
+        "ContactCreated",
+    }
+    assert {"200", "400", "401", "413"} <= set(operation["responses"])
+    assert URL + "/" not in schema["paths"]  # the slash spelling works but is not listed twice
+
+
+def test_verified_event_dependency_gives_the_same_statuses() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
+        app = FastAPI()
+
+        verified = Depends(verified_event(receiver))
+
+        @app.post("/mine")
+        async def mine(event: Event = verified) -> dict[str, str]:
+            return {"type": event.event}
+
+        with TestClient(app) as client:
+            body = sample_body("message.read")
+            assert client.post("/mine", content=body, headers=signed(body)).json() == {
+                "type": "message.read"
+            }
+            assert client.post("/mine", content=body).status_code == 401
+            assert client.post("/mine", content=b"{", headers=signed(b"{")).status_code == 400
+            huge = b"x" * (LIMIT + 1)
+            assert client.post("/mine", content=huge, headers=signed(huge)).status_code == 413
+        assert receiver.store.get("message.read:msg_def456") is not None
+
+
+def test_an_external_receiver_runs_no_worker_in_the_web_process(
+    make_app: Callable[[WebhookReceiver], ASGIApp],
+) -> None:
+    with (
+        WebhookReceiver(SECRET, store=MemoryStore(), process="external") as receiver,
+        TestClient(make_app(receiver)) as client,
+    ):
+        body = sample_body("message.received")
+        assert client.post(URL, content=body, headers=signed(body)).status_code == 200
+        assert not receiver._worker.running
