@@ -9,6 +9,6 @@ urlpatterns = [
     path("hooks/", AerosticWebhookView.as_view()),
 ]
 
-from aerostic_webhooks.django.views import AsyncAerosticWebhookView  # noqa: E402
+from aerostic_webhooks.django.views import AsyncAerosticWebhookView
 
 urlpatterns.append(path("async-hooks/", AsyncAerosticWebhookView.as_view()))

@@ -1,0 +1,1 @@
+"""A tiny app whose only job is to connect the example's signal receivers."""
