@@ -364,6 +364,13 @@ class WebhookReceiver:
         if self.process == "background":
             self._worker.start()
 
+    def stop_serving(self, timeout: float = 10.0) -> None:
+        """What an adapter calls when its application stops: finish the work due now (a
+        background receiver only), then stop the worker and close the store."""
+        if self.process == "background":
+            self._worker.drain(timeout)
+        self.close(timeout)
+
     def retry(self, event_id: str) -> bool:
         """Queue a failed (or done, or scheduled) record again now; ``False`` if it cannot be."""
         requeued = self.store.requeue(event_id)

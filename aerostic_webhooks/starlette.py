@@ -57,7 +57,6 @@ def webhook_lifespan(
         try:
             yield
         finally:
-            await run_in_threadpool(receiver.drain, drain_timeout)
-            await run_in_threadpool(receiver.close)
+            await run_in_threadpool(receiver.stop_serving, drain_timeout)
 
     return lifespan

@@ -311,3 +311,15 @@ def test_an_external_receiver_runs_no_worker_in_the_web_process(
         body = sample_body("message.received")
         assert client.post(URL, content=body, headers=signed(body)).status_code == 200
         assert not receiver._worker.running
+
+
+def test_an_external_receiver_processes_nothing_at_shutdown_either(
+    make_app: Callable[[WebhookReceiver], ASGIApp],
+) -> None:
+    receiver = WebhookReceiver(SECRET, store=MemoryStore(), process="external")
+    with TestClient(make_app(receiver)) as client:
+        body = sample_body("message.received")
+        assert client.post(URL, content=body, headers=signed(body)).status_code == 200
+    record = receiver.store.get("message.received:msg_abc123")
+    assert record is not None
+    assert record.status == "pending"  # left to the worker process

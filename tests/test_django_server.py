@@ -15,7 +15,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import pytest
 
 from aerostic_webhooks import sign
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
+
+from . import servers as server_helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "examples" / "django_project"
@@ -67,12 +68,6 @@ class SlowReceiverConfig(AppConfig):
 
         webhook_received.connect(slow, weak=False, dispatch_uid="slow_receiver")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find(executable: str) -> str | None:
@@ -182,7 +177,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
         for name, executable in installed.items():
             directory = tmp_path_factory.mktemp(name)
             shutil.copy(template / "db.sqlite3", directory / "db.sqlite3")
-            port = free_port()
+            port = server_helpers.free_port()
             log = directory / "server.log"
             with log.open("wb") as output:
                 process = subprocess.Popen(
@@ -210,22 +205,10 @@ def server_named(servers: dict[str, Server], name: str) -> Server:
 def post(
     port: int, body: bytes, *, chunked: bool = False, signed: bool = True
 ) -> tuple[int, bytes, float]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Content-Type": "application/json"}
     if signed:
         headers["X-Aerostic-Signature"] = sign(body, SECRET)
-    started = time.monotonic()
-    try:
-        if chunked:
-            chunks = iter([body[: len(body) // 2], body[len(body) // 2 :]])
-            connection.request("POST", URL, body=chunks, headers=headers, encode_chunked=True)
-        else:
-            connection.request("POST", URL, body=body, headers=headers)
-        response = connection.getresponse()
-        answer = response.read()
-    finally:
-        connection.close()
-    return response.status, answer, time.monotonic() - started
+    return server_helpers.post(port, URL, body, headers, chunked=chunked, timeout=10)
 
 
 @pytest.fixture(scope="module")

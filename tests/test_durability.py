@@ -6,7 +6,6 @@ import collections
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from aerostic_webhooks.stores import sqlite as sqlite_module
 from aerostic_webhooks.testing import sample_body
 
 from .conftest import SECRET
+from .servers import free_port
 
 DELIVERER = Path(__file__).with_name("_deliverer.py")
 
@@ -153,16 +153,10 @@ def test_a_full_sqlite_disk_gives_store_unavailable(tmp_path: Path) -> None:
         assert store.get("message.received:msg_abc123") is None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_an_unreachable_redis_gives_store_unavailable_quickly(redis_url: str) -> None:
     from aerostic_webhooks.stores.redis import RedisStore
 
-    store = RedisStore(f"redis://127.0.0.1:{_free_port()}/0", timeout=1.0)
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=1.0)
     with WebhookReceiver(SECRET, store=store) as webhooks:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
@@ -176,7 +170,7 @@ def test_a_redis_that_stops_gives_store_unavailable(tmp_path: Path, redis_url: s
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed, so no private Redis can be started and stopped")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         cwd=tmp_path,

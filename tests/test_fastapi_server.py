@@ -17,7 +17,6 @@ import dataclasses
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,8 @@ pytest.importorskip("uvicorn", reason="uvicorn is not installed: pip install -e 
 
 from aerostic_webhooks import sign
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
+
+from . import servers as server_helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_fastapi_server_test"
@@ -109,12 +110,6 @@ class Delivery:
     elapsed: float
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until_serving(server: Server) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -141,7 +136,7 @@ def launch(directory: Path, workers: int) -> Server:
             examples=str(ROOT / "examples"), counter=str(counter), seconds=HANDLER_SECONDS
         )
     )
-    port = free_port()
+    port = server_helpers.free_port()
     env = {
         **os.environ,
         "AEROSTIC_WEBHOOK_SECRET": SECRET,
@@ -202,19 +197,8 @@ def post(
         headers["X-Aerostic-Signature"] = sign(body, SECRET)
     if start is not None:
         start.wait()
-    started = time.monotonic()
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        if chunked:
-            chunks = iter([body[: len(body) // 3], body[len(body) // 3 :]])
-            connection.request("POST", path, body=chunks, headers=headers, encode_chunked=True)
-        else:
-            connection.request("POST", path, body=body, headers=headers)
-        response = connection.getresponse()
-        answer = response.read()
-    finally:
-        connection.close()
-    return Delivery(event_id, response.status, answer, time.monotonic() - started)
+    status, answer, seconds = server_helpers.post(port, path, body, headers, chunked=chunked)
+    return Delivery(event_id, status, answer, seconds)
 
 
 def post_all(port: int, numbers: range, *, chunked: Callable[[int], bool]) -> list[Delivery]:

@@ -7,7 +7,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ pytest.importorskip("flask", reason="Flask is not installed: pip install -e '.[f
 
 from aerostic_webhooks import sign
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
+
+from . import servers as server_helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_gunicorn_test"
@@ -44,12 +45,6 @@ def slow(event):
 
 app = flask_app.create_app(webhooks)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_serving(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -79,7 +74,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
             examples=str(ROOT / "examples"), counter=str(counter), seconds=HANDLER_SECONDS
         )
     )
-    port = free_port()
+    port = server_helpers.free_port()
     env = {
         **os.environ,
         "AEROSTIC_WEBHOOK_SECRET": SECRET,
@@ -104,21 +99,10 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
 
 
 def post(port: int, body: bytes, *, chunked: bool) -> tuple[int, bytes, float]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"X-Aerostic-Signature": sign(body, SECRET), "Content-Type": "application/json"}
-    started = time.monotonic()
-    if chunked:
-        chunks = iter([body[: len(body) // 2], body[len(body) // 2 :]])
-        connection.request(
-            "POST", "/webhooks/aerostic", body=chunks, headers=headers, encode_chunked=True
-        )
-    else:
-        connection.request("POST", "/webhooks/aerostic", body=body, headers=headers)
-    response = connection.getresponse()
-    answer = response.read()
-    elapsed = time.monotonic() - started
-    connection.close()
-    return response.status, answer, elapsed
+    return server_helpers.post(
+        port, "/webhooks/aerostic", body, headers, chunked=chunked, timeout=10
+    )
 
 
 def test_gunicorn_acks_at_once_while_handlers_sleep_and_handles_each_event_once(

@@ -1,0 +1,43 @@
+"""Helpers for the tests that talk to real servers over loopback sockets."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def post(
+    port: int,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    chunked: bool = False,
+    timeout: float = 30.0,
+) -> tuple[int, bytes, float]:
+    """POST on a connection of its own; ``(status, body, seconds)``.
+
+    Chunked bodies go without a Content-Length. http.client follows no redirect, so the
+    status is the endpoint's own answer.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        if chunked:
+            chunks = iter([body[: len(body) // 3], body[len(body) // 3 :]])
+            connection.request("POST", path, body=chunks, headers=headers, encode_chunked=True)
+        else:
+            connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+    finally:
+        connection.close()
+    return response.status, answer, time.monotonic() - started
