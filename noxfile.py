@@ -17,7 +17,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff and mypy --strict, as .ci/run runs them."""
-    session.install("-e", ".", "ruff==0.17.6", "mypy==2.4.1")
+    session.install("-e", ".[all,test]", "ruff==0.17.6", "mypy==2.4.1", "django-stubs==6.1.2")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", "aerostic_webhooks")
