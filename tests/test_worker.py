@@ -214,6 +214,7 @@ def test_a_slow_handler_keeps_its_lease_and_is_not_run_twice() -> None:
 
 def test_close_waits_for_running_handlers_and_is_idempotent() -> None:
     finished = threading.Event()
+    before = set(threading.enumerate())
     webhooks = WebhookReceiver(SECRET, store=MemoryStore())
 
     @webhooks.on("*")
@@ -226,9 +227,8 @@ def test_close_waits_for_running_handlers_and_is_idempotent() -> None:
     webhooks.close(timeout=5)
     assert finished.is_set()
     webhooks.close()
-    assert not any(
-        t.name.startswith("aerostic-webhooks") and t.is_alive() for t in threading.enumerate()
-    )
+    started = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert not [t.name for t in started if t.name.startswith("aerostic-webhooks")]
 
 
 def test_retention_purges_finished_records_only() -> None:
@@ -263,15 +263,25 @@ def test_retention_purges_finished_records_only() -> None:
 # -- inline mode -------------------------------------------------------------------------------
 
 
+def new_handler_threads(before: set[threading.Thread]) -> list[str]:
+    """Names of the live handler threads started since ``before`` was taken."""
+    return [
+        t.name
+        for t in set(threading.enumerate()) - before
+        if t.is_alive() and t.name.startswith("aerostic-webhooks-handler")
+    ]
+
+
 def test_inline_runs_handlers_inside_receive() -> None:
     seen: list[str] = []
+    before = set(threading.enumerate())
     with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as webhooks:
         webhooks.on("*")(lambda e: seen.append(e.event))
         event_id = deliver(webhooks, "contact.created")
         assert seen == ["contact.created"]  # no drain needed
         record = webhooks.store.get(event_id)
         assert record is not None and record.status is Status.DONE
-        assert not any(t.name == "aerostic-webhooks-worker" for t in threading.enumerate())
+        assert new_handler_threads(before) == []
 
 
 def test_inline_failure_is_processing_failed_and_redelivery_is_processed_again() -> None:
@@ -337,13 +347,12 @@ def test_inline_async_handler() -> None:
 def test_external_mode_only_records_and_a_started_worker_processes() -> None:
     store = MemoryStore()
     seen: list[str] = []
+    before = set(threading.enumerate())
     with WebhookReceiver(SECRET, store=store, process="external") as web:
         web.on("*")(lambda e: seen.append(e.event))  # not run here: no worker in this one
         event_id = deliver(web)
         time.sleep(0.05)
-        assert not any(
-            t.name.startswith("aerostic-webhooks-handler") for t in threading.enumerate()
-        )
+        assert new_handler_threads(before) == []
         record = store.get(event_id)
         assert record is not None
         assert record.status is Status.PENDING
