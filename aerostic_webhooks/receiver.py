@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import logging
@@ -42,6 +43,7 @@ Headers = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[Any, Any]]
 Handler = Callable[[Any], Awaitable[None] | None]
 ErrorHook = Callable[[Any, BaseException], Awaitable[None] | None]
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 E = TypeVar("E", bound=ErrorHook)
 
 
@@ -283,16 +285,33 @@ class WebhookReceiver:
         )
         if not self._add(record):
             # A record whose lease ran out (its process died mid-handler) is ours to finish.
-            taken = self.store.take(event_id, self._inline_owner, lease=self._lease)
+            taken = self._store_call(
+                self.store.take, event_id, self._inline_owner, lease=self._lease
+            )
             if taken is None:
+                kept = self._store_call(self.store.get, event_id)
+                if kept is not None and kept.status is Status.PROCESSING:
+                    # Another request is running its handlers and may yet fail and release
+                    # it: acknowledging this copy could lose the event. The sender retries.
+                    raise StoreUnavailable(f"{event_id} is being processed by another request")
                 logger.debug("duplicate delivery of %s acknowledged", event_id)
                 return Receipt(event, event_id, duplicate=True)
         errors = self._run_handlers(event, event_id)
         if errors:
-            self.store.release(event_id, self._inline_owner)
+            self._store_call(self.store.release, event_id, self._inline_owner)
             raise ProcessingFailed(f"{len(errors)} handler(s) failed for {event_id}")
-        self.store.complete(event_id, self._inline_owner)
+        self._store_call(self.store.complete, event_id, self._inline_owner)
         return Receipt(event, event_id)
+
+    def _store_call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A store call on the request path: any failure is a 503, as for ``add``."""
+        try:
+            return method(*args, **kwargs)
+        except StoreUnavailable:
+            raise
+        except Exception as error:
+            logger.warning("store unavailable: %s", type(error).__name__)
+            raise StoreUnavailable(f"store raised {type(error).__name__}") from error
 
     # -- processing ---------------------------------------------------------------------------
 
@@ -326,7 +345,9 @@ class WebhookReceiver:
     ) -> None:
         try:
             self._call(handler, event)
-        except Exception as error:
+        except (Exception, SystemExit, asyncio.CancelledError) as error:
+            # SystemExit or a cancellation from a handler is its failure, not ours: left to
+            # propagate, it would end a worker thread and strand the record.
             errors.append(error)
             logger.error(
                 "handler %s raised for %s",

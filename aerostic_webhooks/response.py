@@ -55,7 +55,8 @@ def declared_length(value: str | int | None) -> int | None:
     """A ``Content-Length`` as an int, or ``None`` when absent or not a number."""
     if isinstance(value, int):
         return value
-    return int(value) if value and value.strip().isdigit() else None
+    text = (value or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def too_large(declared_length: int | None, limit: int) -> PayloadTooLarge | None:
@@ -114,7 +115,11 @@ async def receive_request_async(
     if refused is not None:
         raise refused
     body = await read_limited_async(chunks, receiver.max_body_bytes)
-    if len(body) <= _INLINE_MAX and not getattr(receiver.store, "blocking", True):
+    if (
+        len(body) <= _INLINE_MAX
+        and receiver.process != "inline"  # inline handlers must not run on the loop
+        and not getattr(receiver.store, "blocking", True)
+    ):
         return receiver.receive(body, headers)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_off_loop(), receiver.receive, body, headers)

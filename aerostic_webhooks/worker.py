@@ -277,7 +277,7 @@ class Worker:
         try:
             try:
                 error = self._process(record)
-            except Exception as exc:  # process() reports handler errors; this is our own bug
+            except BaseException as exc:  # process() reports handler errors; this is our bug
                 logger.exception("processing %s failed unexpectedly", record.event_id)
                 error = f"{type(exc).__name__}: {exc}"
             self._settle(record, error)

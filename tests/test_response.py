@@ -57,3 +57,24 @@ def test_error_reason_is_kept_for_the_log_only() -> None:
     assert error.reason == "signature does not match any secret"
     assert error.public_message == "Invalid signature"
     assert InvalidSignature().reason == "Invalid signature"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("12", 12),
+        (" 12 ", 12),
+        ("", None),
+        (None, None),
+        ("-1", None),
+        ("1e3", None),
+        ("\u00b2", None),
+        ("\u0663", None),
+        ("12abc", None),
+        (7, 7),
+    ],
+)
+def test_declared_length_takes_only_ascii_digits(value: object, expected: int | None) -> None:
+    from aerostic_webhooks.response import declared_length
+
+    assert declared_length(value) == expected  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from aerostic_webhooks import (
     Event,
     MemoryStore,
     ProcessingFailed,
+    StoreUnavailable,
     WebhookReceiver,
     sign,
 )
@@ -393,3 +394,56 @@ def test_worker_context_wraps_each_step_and_handlers_know_their_event_id() -> No
     assert entered
     with pytest.raises(LookupError):
         current_event_id()
+
+
+def test_inline_redelivery_while_the_first_is_running_is_not_acknowledged() -> None:
+    started, release = threading.Event(), threading.Event()
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as webhooks:
+
+        @webhooks.on("*")
+        def slow_then_fails(event: Event) -> None:
+            started.set()
+            release.wait(5)
+            raise RuntimeError("fails after the redelivery came in")
+
+        body = sample_body("message.received")
+        headers = {"X-Aerostic-Signature": sign(body, SECRET)}
+        outcome: list[BaseException] = []
+
+        def first() -> None:
+            try:
+                webhooks.receive(body, headers)
+            except BaseException as error:
+                outcome.append(error)
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert started.wait(5)
+        # Acknowledging this copy would lose the event when the first one fails: 503 instead.
+        with pytest.raises(StoreUnavailable):
+            webhooks.receive(body, headers)
+        release.set()
+        thread.join(5)
+        assert isinstance(outcome[0], ProcessingFailed)
+        assert webhooks.store.get("message.received:msg_abc123") is None  # free to redeliver
+
+
+def test_a_handler_calling_sys_exit_fails_its_event_but_not_the_worker() -> None:
+    import sys
+
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=(), concurrency=1) as webhooks:
+
+        @webhooks.on("message.received")
+        def exits(event: Event) -> None:
+            sys.exit(1)
+
+        webhooks.on("contact.created")(lambda e: seen.append(e.event))
+        failed_id = deliver(webhooks)
+        deliver(webhooks, "contact.created")
+        assert webhooks.drain(5)
+        record = webhooks.store.get(failed_id)
+        assert record is not None
+        assert record.status is Status.FAILED
+        assert record.last_error == "SystemExit: 1"
+    assert seen == ["contact.created"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from typing import Any
 
 from django.apps import AppConfig, apps
 from django.core import checks
+from django.core.signals import request_started
 from django.db import close_old_connections
 
 from ..events import Event
@@ -62,6 +64,14 @@ class AerosticWebhooksConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_settings, "aerostic_webhooks")
+        # A thread worker starts with the first request this process serves, so retries
+        # and records left by a dead process are taken up without waiting for a delivery.
+        request_started.connect(self._first_request, dispatch_uid="aerostic_webhooks_start")
+
+    def _first_request(self, **kwargs: Any) -> None:
+        request_started.disconnect(dispatch_uid="aerostic_webhooks_start")
+        with contextlib.suppress(ValueError):  # misconfigured: the checks say so, the view 503s
+            self.receiver().start_serving()
 
     def receiver(self) -> WebhookReceiver:
         """This process's receiver; a misconfiguration raises ``ValueError`` (see the checks)."""

@@ -35,7 +35,8 @@ def webhook_settings() -> WebhookSettings:
         secrets = [raw.get("SECRET")] if raw.get("SECRET") is not None else []
     elif isinstance(secrets, str):
         secrets = [secrets]
-    secrets = [s for s in secrets if isinstance(s, str) and s.strip()]
+    # Stripped: a secret read from a file often ends with a newline.
+    secrets = [s.strip() for s in secrets if isinstance(s, str) and s.strip()]
     if not secrets:
         problems.append(("E001", f"{SETTING}['SECRET'] (or 'SECRETS') is missing or empty"))
     max_body_bytes = raw.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)

@@ -369,6 +369,8 @@ class RedisStore:
         limit: int = 100,
         offset: int = 0,
     ) -> list[Record]:
+        if limit <= 0:
+            return []
         index = f"{self.prefix}s:{Status(status).value}" if status else f"{self.prefix}all"
         if event_type is None:
             return self._fetch(self.client.zrevrange(index, offset, offset + limit - 1))
