@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import queue
@@ -122,6 +123,10 @@ class Worker:
         """Fresh state; also used in a forked child, where the parent's threads do not exist."""
         self._pid = os.getpid()
         self.owner = new_owner_id()
+        # Each claim holds its lease under an owner of its own: were a lease to lapse and
+        # another thread of this worker take the record up, the first run's outcome must not
+        # settle the second's.
+        self._claims = itertools.count()
         self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._changed = threading.Condition(threading.Lock())
         self._in_flight: dict[str, Record] = {}
@@ -261,7 +266,8 @@ class Worker:
             self._claiming += 1
         records: list[Record] = []
         try:
-            records = self.store.claim(self.owner, limit=1, lease=self._lease)
+            owner = f"{self.owner}:{next(self._claims)}"
+            records = self.store.claim(owner, limit=1, lease=self._lease)
         except Exception:
             logger.warning("could not claim work from the store; trying again", exc_info=True)
             stopped.wait(self._poll_interval)
@@ -291,11 +297,12 @@ class Worker:
 
     def _settle(self, record: Record, error: str | None) -> None:
         """Record the outcome: done, pending again after the backoff delay, or failed."""
+        owner = record.lease_owner or self.owner
         try:
             if error is None:
-                self.store.complete(record.event_id, self.owner)
+                self.store.complete(record.event_id, owner)
             elif record.attempts >= self.max_attempts:
-                self.store.fail(record.event_id, self.owner, error=error)
+                self.store.fail(record.event_id, owner, error=error)
                 logger.error(
                     "%s failed after %d attempts; kept as failed (retry it with retry())",
                     record.event_id,
@@ -304,7 +311,7 @@ class Worker:
             else:
                 delay = self._retry_delays[record.attempts - 1]
                 at = utcnow() + timedelta(seconds=delay)
-                self.store.reschedule(record.event_id, self.owner, at=at, error=error)
+                self.store.reschedule(record.event_id, owner, at=at, error=error)
                 logger.warning(
                     "%s will be retried in %gs (attempt %d of %d failed)",
                     record.event_id,
@@ -331,11 +338,10 @@ class Worker:
 
     def _renew(self) -> None:
         with self._changed:
-            event_ids = list(self._in_flight)
-        if not event_ids:
-            return
+            held = [(r.lease_owner or self.owner, r.event_id) for r in self._in_flight.values()]
         try:
-            self.store.renew(self.owner, event_ids, lease=self._lease)
+            for owner, event_id in held:
+                self.store.renew(owner, [event_id], lease=self._lease)
         except Exception:
             logger.warning("could not renew leases; trying again", exc_info=True)
 

@@ -447,3 +447,44 @@ def test_a_handler_calling_sys_exit_fails_its_event_but_not_the_worker() -> None
         assert record.status is Status.FAILED
         assert record.last_error == "SystemExit: 1"
     assert seen == ["contact.created"]
+
+
+def test_a_lapsed_lease_taken_up_by_another_thread_is_settled_by_that_run_only() -> None:
+    stalled = threading.Event()
+    stalled.set()
+
+    class StalledRenewals(MemoryStore):
+        def renew(self, owner: str, event_ids: Any, *, lease: float) -> None:
+            """Renewals stall at first (a long purge, a slow store): the first lease lapses."""
+            if not stalled.is_set():
+                super().renew(owner, event_ids, lease=lease)
+
+    release, second_may_finish = threading.Event(), threading.Event()
+    runs: list[int] = []
+    with WebhookReceiver(
+        SECRET, store=StalledRenewals(), lease_seconds=0.6, retry_delays=(0,), concurrency=2
+    ) as webhooks:
+
+        @webhooks.on("*")
+        def handler(event: Event) -> None:
+            runs.append(len(runs) + 1)
+            if len(runs) == 1:
+                release.wait(5)
+                raise RuntimeError("the first run fails, long after its lease lapsed")
+            second_may_finish.wait(5)
+
+        event_id = deliver(webhooks)
+        deadline = time.monotonic() + 5
+        while len(runs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runs == [1, 2]  # the second thread took the lapsed record up
+        stalled.clear()  # renewals work again: the second run keeps its lease
+        release.set()  # the first run now fails and tries to settle, mid-way through the second
+        time.sleep(0.3)
+        second_may_finish.set()
+        assert webhooks.drain(5)
+        assert runs == [1, 2]
+        record = webhooks.store.get(event_id)
+        assert record is not None
+        assert record.status is Status.DONE  # the first run's failure did not reschedule it
+        assert record.last_error is None
