@@ -1,4 +1,6 @@
-"""Helpers for tests and demos: the sender's sample payloads, signed as the sender signs them."""
+"""Helpers for tests: the sender's sample payloads, signed as the sender signs them, and
+one call to deliver them through each framework's test client. The pytest fixtures are in
+``aerostic_webhooks.pytest_plugin``, loaded by pytest automatically."""
 
 from __future__ import annotations
 
@@ -8,7 +10,15 @@ from typing import Any
 
 from .signature import SIGNATURE_HEADER, sign
 
-__all__ = ["SAMPLE_PAYLOADS", "sample_body", "sample_payload", "signed_request"]
+__all__ = [
+    "SAMPLE_PAYLOADS",
+    "deliver_asgi",
+    "deliver_django",
+    "deliver_flask",
+    "sample_body",
+    "sample_payload",
+    "signed_request",
+]
 
 #: The six sample events from Aerostic's webhook documentation, exactly as published.
 SAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
@@ -102,3 +112,37 @@ def signed_request(
     """``(body, headers)`` for a delivery signed with ``secret``, ready for ``receive``."""
     body = payload if isinstance(payload, bytes) else _encode(payload)
     return body, {SIGNATURE_HEADER: sign(body, secret), "Content-Type": "application/json"}
+
+
+Payload = dict[str, Any] | bytes | str
+
+
+def request_for(payload: Payload, secret: str | bytes) -> tuple[bytes, dict[str, str]]:
+    """A payload given as a dict, raw bytes, or a documented event type (its sample)."""
+    if isinstance(payload, str):
+        payload = sample_payload(payload)
+    return signed_request(payload, secret)
+
+
+def deliver_flask(
+    client: Any, payload: Payload, secret: str | bytes, url: str = "/webhooks/aerostic"
+) -> Any:
+    """POST a signed delivery through a Flask test client (``app.test_client()``)."""
+    body, headers = request_for(payload, secret)
+    return client.post(url, data=body, headers=headers)
+
+
+def deliver_django(
+    client: Any, payload: Payload, secret: str | bytes, url: str = "/webhooks/aerostic/"
+) -> Any:
+    """POST a signed delivery through Django's test ``Client``."""
+    body, headers = request_for(payload, secret)
+    return client.post(url, data=body, content_type="application/json", headers=headers)
+
+
+def deliver_asgi(
+    client: Any, payload: Payload, secret: str | bytes, url: str = "/webhooks/aerostic"
+) -> Any:
+    """POST a signed delivery through Starlette's or FastAPI's ``TestClient`` (or httpx)."""
+    body, headers = request_for(payload, secret)
+    return client.post(url, content=body, headers=headers)

@@ -26,7 +26,7 @@ def test_quickstart_has_exactly_two_commands_and_ci_runs_the_second() -> None:
     commands = quickstart_commands()
     assert len(commands) == 2
     assert all("\n" not in command for command in commands)
-    assert "examples/demo.py" in commands[0]
+    assert "aerostic-webhooks demo" in commands[0]
     assert "pytest" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci, ".ci/run must run the README's test command verbatim"
@@ -34,7 +34,7 @@ def test_quickstart_has_exactly_two_commands_and_ci_runs_the_second() -> None:
 
 def test_the_demo_passes() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        [sys.executable, "-m", "aerostic_webhooks", "demo"],
         capture_output=True,
         text=True,
         timeout=60,

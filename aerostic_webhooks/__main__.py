@@ -1,0 +1,5 @@
+"""``python -m aerostic_webhooks``: the ``aerostic-webhooks`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,420 @@
+"""The ``aerostic-webhooks`` command: sign, send, serve, worker, inbox and demo.
+
+Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import importlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from . import __version__
+from .errors import WebhookError
+from .events import Event
+from .receiver import WebhookReceiver, current_event_id
+from .signature import SIGNATURE_HEADER, sign
+from .stores.base import Status, utcnow
+from .stores.sqlite import SQLiteStore
+from .testing import SAMPLE_PAYLOADS, sample_body
+
+__all__ = ["main"]
+
+PATH = "/webhooks/aerostic"
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class CommandError(Exception):
+    """A failure to report as one line, exit code 1."""
+
+
+class UsageError(CommandError):
+    """A mistake in the command line, exit code 2."""
+
+
+# -- sign -------------------------------------------------------------------------------------
+
+
+def _read_input(name: str | None) -> bytes:
+    if name in (None, "-"):
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as error:
+        raise CommandError(f"cannot read {name}: {error.strerror or error}") from None
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    print(sign(_read_input(args.file), args.secret))
+    return 0
+
+
+# -- send -------------------------------------------------------------------------------------
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"not an http(s) URL: {url}")
+    connection_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as error:
+        raise CommandError(f"cannot reach {url}: {error}") from None
+    finally:
+        connection.close()
+
+
+def _bodies(what: str, count: int) -> list[bytes]:
+    if what in SAMPLE_PAYLOADS:
+        prefix = what.split(".", maxsplit=1)[0][:3]
+        return [sample_body(what, id=f"{prefix}_{uuid.uuid4().hex[:12]}") for _ in range(count)]
+    if Path(what).is_file():
+        return [_read_input(what)] * count
+    known = ", ".join(SAMPLE_PAYLOADS)
+    raise UsageError(f"{what!r} is neither an event type ({known}) nor a file")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    if args.count < 1 or args.duplicates < 0:
+        raise UsageError("--count must be at least 1 and --duplicates at least 0")
+    bodies = _bodies(args.what, args.count)
+    bodies += bodies[: args.duplicates]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    for number, body in enumerate(bodies, start=1):
+        headers = {SIGNATURE_HEADER: sign(body, args.secret), "Content-Type": "application/json"}
+        started = time.perf_counter()
+        status, answer = _post(args.url, body, headers, args.timeout)
+        latency = (time.perf_counter() - started) * 1000
+        latencies.append(latency)
+        statuses[status] = statuses.get(status, 0) + 1
+        print(f"{status} {answer.decode('utf-8', 'replace')} {latency:.1f} ms", flush=True)
+        if len(bodies) > 1 and sys.stderr.isatty():
+            done = 30 * number // len(bodies)
+            sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {number}/{len(bodies)}")
+    if len(bodies) > 1:
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        failed = sum(n for status, n in statuses.items() if not 200 <= status < 300)
+        counts = ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
+        ordered = sorted(latencies)
+        p50 = ordered[len(ordered) // 2]
+        print(f"summary: {len(bodies)} sent, {counts}, {failed} failed, p50 {p50:.1f} ms")
+    return 0 if all(200 <= status < 300 for status in statuses) else 1
+
+
+# -- serve and demo ---------------------------------------------------------------------------
+
+
+def _server(receiver: WebhookReceiver, host: str, port: int) -> Any:
+    """A uvicorn server for the Starlette adapter (imported here: the ``cli`` extra)."""
+    try:
+        import uvicorn  # noqa: PLC0415
+        from starlette.applications import Starlette  # noqa: PLC0415
+
+        from .starlette import webhook_lifespan, webhook_route  # noqa: PLC0415
+    except ImportError:
+        raise CommandError(
+            "serving needs Starlette and uvicorn: pip install 'aerostic-webhooks[cli]'"
+        ) from None
+    app = Starlette(routes=[webhook_route(PATH, receiver)], lifespan=webhook_lifespan(receiver))
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    return uvicorn.Server(config)
+
+
+def _printer(event: Event) -> None:
+    # Ids only: never phone numbers or message text.
+    print(f"handled {event.event} {current_event_id()}", flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    receiver = WebhookReceiver(args.secret, store=_open_store(args.db, create=True))
+    receiver.on("*")(_printer)
+    server = _server(receiver, args.host, args.port)
+    print(f"receiving on http://{args.host}:{args.port}{PATH} (inbox {args.db})", flush=True)
+    server.run()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    secret = "whsec_demo_" + uuid.uuid4().hex
+    inbox = Path(tempfile.mkdtemp(prefix="aerostic-demo-")) / "inbox.sqlite3"
+    handled: list[str] = []
+    lock = threading.Lock()
+    receiver = WebhookReceiver(secret, store=SQLiteStore(inbox))
+
+    @receiver.on("*")
+    def record(event: Event) -> None:
+        with lock:
+            handled.append(event.event)
+
+    port = _free_port()
+    server = _server(receiver, "127.0.0.1", port)
+    thread = threading.Thread(target=server.run, name="aerostic-webhooks-demo", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    if not server.started:
+        raise CommandError("the demo server did not start")
+    url = f"http://127.0.0.1:{port}{PATH}"
+    rows: list[tuple[str, int, int, str]] = []
+    first = sample_body("message.received")
+    deliveries = [
+        (event_type, sample_body(event_type), secret, 200) for event_type in SAMPLE_PAYLOADS
+    ]
+    deliveries += [
+        ("duplicate of message.received", first, secret, 200),
+        ("forged (wrong secret)", first, "whsec_guessed", 401),
+        ("oversized (1 MiB + 1)", b"x" * (receiver.max_body_bytes + 1), secret, 413),
+        ("not JSON", b"{oops", secret, 400),
+    ]
+    ok = True
+    try:
+        for name, body, key, expected in deliveries:
+            headers = {SIGNATURE_HEADER: sign(body, key), "Content-Type": "application/json"}
+            status, response = _post(url, body, headers, 10)
+            rows.append((name, expected, status, response.decode("utf-8", "replace")))
+            ok &= status == expected
+        ok &= receiver.drain(timeout=20)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+    print(f"{'delivery':<32} {'expected':>8} {'answered':>8}  body")
+    for name, expected, status, text in rows:
+        mark = "" if status == expected else "   <- unexpected"
+        print(f"{name:<32} {expected:>8} {status:>8}  {text}{mark}")
+    once = sorted(handled) == sorted(SAMPLE_PAYLOADS)
+    ok &= once
+    print(f"\nhandled: {', '.join(sorted(handled))}")
+    print(f"each of the six sample events handled exactly once: {'yes' if once else 'NO'}")
+    print(f"inbox: {inbox}")
+    print("demo passed" if ok else "demo FAILED")
+    return 0 if ok else 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- worker -----------------------------------------------------------------------------------
+
+
+def _load_receiver(spec: str) -> WebhookReceiver:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--app must be module:attribute, not {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CommandError(f"cannot import {module_name}: {error}") from None
+    receiver = getattr(module, attribute, None)
+    if not isinstance(receiver, WebhookReceiver):
+        raise CommandError(f"{spec} is not a WebhookReceiver")
+    return receiver
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    receiver = _load_receiver(args.app)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    receiver.start()
+    print(f"worker started for {args.app}", flush=True)
+    stop.wait()
+    print("stopping: waiting for running handlers", flush=True)
+    receiver.close(timeout=30)
+    print("worker stopped", flush=True)
+    return 0
+
+
+# -- inbox ------------------------------------------------------------------------------------
+
+
+def _open_store(path: str, *, create: bool = False) -> SQLiteStore:
+    if not create and not Path(path).is_file():
+        raise CommandError(f"no inbox at {path}")
+    return SQLiteStore(path)
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration like 7d, 12h, 30m or 0s: {text!r}")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    try:
+        return _INBOX[args.action](store, args)
+    finally:
+        store.close()
+
+
+def _inbox_list(store: SQLiteStore, args: argparse.Namespace) -> int:
+    status = Status(args.status) if args.status else None
+    for record in store.list(status=status, event_type=args.type, limit=args.limit):
+        received = record.received_at.isoformat(timespec="seconds")
+        print(
+            f"{record.event_id}  {record.event_type}  {record.status}  "
+            f"attempts={record.attempts}  received={received}"
+        )
+    return 0
+
+
+def _inbox_show(store: SQLiteStore, args: argparse.Namespace) -> int:
+    record = store.get(args.event_id)
+    if record is None:
+        raise CommandError(f"no record {args.event_id!r} in {args.db}")
+    for name in ("event_id", "event_type", "status", "attempts", "last_error"):
+        print(f"{name}: {getattr(record, name)}")
+    for name in ("received_at", "next_attempt_at", "lease_expires_at", "updated_at"):
+        value = getattr(record, name)
+        print(f"{name}: {value.isoformat() if value else '-'}")
+    try:
+        payload = json.dumps(json.loads(record.body), indent=2, ensure_ascii=False)
+    except ValueError:
+        payload = record.body.decode("utf-8", "replace")
+    print(f"payload:\n{payload}")
+    return 0
+
+
+def _inbox_retry(store: SQLiteStore, args: argparse.Namespace) -> int:
+    if args.failed == bool(args.event_id):
+        raise UsageError("give one EVENT_ID or --failed")
+    if args.failed:
+        count = store.requeue_failed()
+    elif store.requeue(args.event_id):
+        count = 1
+    else:
+        raise CommandError(f"{args.event_id!r} is unknown or being processed now")
+    print(f"queued {count} record(s) again; a running worker takes them up")
+    return 0
+
+
+def _inbox_purge(store: SQLiteStore, args: argparse.Namespace) -> int:
+    purged = store.purge(older_than=utcnow() - args.older_than)
+    print(f"purged {purged} done or failed record(s) older than {args.older_than}")
+    return 0
+
+
+_INBOX: dict[str, Callable[[SQLiteStore, argparse.Namespace], int]] = {
+    "list": _inbox_list,
+    "show": _inbox_show,
+    "retry": _inbox_retry,
+    "purge": _inbox_purge,
+}
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="aerostic-webhooks",
+        description="Sign, send and receive Aerostic webhooks; read and mend the inbox.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sign_parser = commands.add_parser("sign", help="print the signature header for a body")
+    sign_parser.add_argument("file", nargs="?", help="the body; '-' or nothing for stdin")
+    sign_parser.add_argument("--secret", required=True, help="the webhook secret")
+    sign_parser.set_defaults(func=cmd_sign)
+
+    send = commands.add_parser("send", help="post signed sample events or a file's body")
+    send.add_argument("what", metavar="TYPE|FILE", help="an event type, or a file to send")
+    send.add_argument("--url", required=True, help="the receiving endpoint")
+    send.add_argument("--secret", required=True, help="the webhook secret")
+    send.add_argument("--count", type=int, default=1, help="how many to send (default 1)")
+    send.add_argument("--duplicates", type=int, default=0, help="how many to send twice")
+    send.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    send.set_defaults(func=cmd_send)
+
+    serve = commands.add_parser("serve", help="run a standalone receiver (uvicorn)")
+    serve.add_argument("--secret", required=True, help="the webhook secret")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--db", default="aerostic_webhooks.sqlite3", help="the SQLite inbox")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run a receiver's worker in this process")
+    worker.add_argument("--app", required=True, help="module:attribute of a WebhookReceiver")
+    worker.set_defaults(func=cmd_worker)
+
+    inbox = commands.add_parser("inbox", help="read and mend a SQLite inbox")
+    actions = inbox.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listing = actions.add_parser("list", help="records, newest first")
+    listing.add_argument("--status", choices=[status.value for status in Status])
+    listing.add_argument("--type", help="an event type")
+    listing.add_argument("--limit", type=int, default=50)
+    show = actions.add_parser("show", help="one record and its payload")
+    show.add_argument("event_id")
+    retry = actions.add_parser("retry", help="queue a record, or every failed one, again")
+    retry.add_argument("event_id", nargs="?")
+    retry.add_argument("--failed", action="store_true", help="every failed record")
+    purge = actions.add_parser("purge", help="delete done and failed records past an age")
+    purge.add_argument("--older-than", type=_duration, required=True, help="e.g. 7d, 12h")
+    for action in (listing, show, retry, purge):
+        action.add_argument("--db", required=True, help="the SQLite inbox")
+    inbox.set_defaults(func=cmd_inbox)
+
+    demo = commands.add_parser("demo", help="serve, send the documented samples, check")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="log: %(levelname)s %(message)s")
+    try:
+        result: int = args.func(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (CommandError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except WebhookError as error:  # the store could not be opened or written
+        print(f"error: {error.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+    return result

@@ -1,0 +1,94 @@
+"""The testing toolkit: the pytest fixtures and one-call deliveries through each test client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from aerostic_webhooks import Event, MessageReceived, WebhookReceiver, verify_signature
+from aerostic_webhooks.testing import (
+    SAMPLE_PAYLOADS,
+    deliver_asgi,
+    deliver_django,
+    deliver_flask,
+    sample_payload,
+)
+
+
+def test_the_fixtures_are_registered_by_the_plugin(
+    aerostic_receiver: WebhookReceiver,
+    aerostic_signer: Callable[[Any], tuple[bytes, dict[str, str]]],
+    aerostic_secret: str,
+) -> None:
+    seen: list[str] = []
+    aerostic_receiver.on("message.received")(lambda event: seen.append(event.data.id))
+    body, headers = aerostic_signer("message.received")
+    verify_signature(body, headers["X-Aerostic-Signature"], aerostic_secret)
+    receipt = aerostic_receiver.receive(body, headers)
+    assert isinstance(receipt.event, MessageReceived)
+    assert aerostic_receiver.drain(5)
+    assert seen == ["msg_abc123"]
+
+
+def test_the_signer_takes_dicts_bytes_and_event_types(
+    aerostic_signer: Callable[[Any], tuple[bytes, dict[str, str]]],
+    aerostic_receiver: WebhookReceiver,
+) -> None:
+    for payload in (sample_payload("contact.created", id="c1"), b'{"x": 1}', "message.read"):
+        body, headers = aerostic_signer(payload)
+        verify_signature(body, headers["X-Aerostic-Signature"], "whsec_pytest_aerostic_webhooks")
+
+
+def test_sample_payload_overrides_data_and_rejects_unknown_types() -> None:
+    assert sample_payload("message.failed", id="x")["data"]["id"] == "x"
+    assert SAMPLE_PAYLOADS["message.failed"]["data"]["id"] == "msg_ghi789"  # a copy was changed
+    with pytest.raises(ValueError, match="no sample"):
+        sample_payload("order.shipped")
+
+
+def test_deliver_flask(aerostic_receiver: WebhookReceiver, aerostic_secret: str) -> None:
+    flask = pytest.importorskip("flask", reason="Flask is not installed")
+    from aerostic_webhooks.flask import webhook_blueprint
+
+    app = flask.Flask(__name__)
+    app.register_blueprint(webhook_blueprint(aerostic_receiver), url_prefix="/webhooks/aerostic")
+    response = deliver_flask(app.test_client(), "message.sent", aerostic_secret)
+    assert (response.status_code, response.json) == (200, {"received": True})
+    assert deliver_flask(app.test_client(), "message.sent", "wrong").status_code == 401
+
+
+def test_deliver_asgi(aerostic_receiver: WebhookReceiver, aerostic_secret: str) -> None:
+    pytest.importorskip("fastapi", reason="FastAPI is not installed")
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from aerostic_webhooks.fastapi import webhook_router
+
+    app = FastAPI()
+    app.include_router(webhook_router(aerostic_receiver), prefix="/webhooks/aerostic")
+    seen: list[Event] = []
+    aerostic_receiver.on("*")(seen.append)
+    with TestClient(app) as client:
+        response = deliver_asgi(client, "contact.created", aerostic_secret)
+    assert (response.status_code, response.json()) == (200, {"received": True})
+    assert [event.event for event in seen] == ["contact.created"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deliver_django() -> None:
+    pytest.importorskip("django", reason="Django is not installed")
+    from django.apps import apps
+    from django.test import Client
+
+    config = apps.get_app_config("aerostic_webhooks")
+    config._receiver = None  # type: ignore[attr-defined]
+    try:
+        response = deliver_django(Client(), "message.delivered", "whsec_adapter_secret")
+        assert response.status_code == 200
+        assert deliver_django(Client(), "message.delivered", "wrong").status_code == 401
+    finally:
+        if config._receiver is not None:  # type: ignore[attr-defined]
+            config._receiver.close()  # type: ignore[attr-defined]
+            config._receiver = None  # type: ignore[attr-defined]
