@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib
 import json
@@ -71,12 +72,16 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"not an http(s) URL: {url}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"not an http(s) URL: {url}")
     connection_class = (
         http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     )
-    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    connection = connection_class(parts.hostname, port, timeout=timeout)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         connection.request("POST", path, body=body, headers=headers)
@@ -102,7 +107,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.count < 1 or args.duplicates < 0:
         raise UsageError("--count must be at least 1 and --duplicates at least 0")
     bodies = _bodies(args.what, args.count)
-    bodies += bodies[: args.duplicates]
+    bodies += [bodies[n % len(bodies)] for n in range(args.duplicates)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     for number, body in enumerate(bodies, start=1):
@@ -155,14 +160,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     receiver = WebhookReceiver(args.secret, store=_open_store(args.db, create=True))
     receiver.on("*")(_printer)
     server = _server(receiver, args.host, args.port)
+
+    def request_stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    # Our own handlers: uvicorn's re-raise the signal once it has stopped, so the command
+    # would end "killed by SIGTERM" (or with a KeyboardInterrupt) after a clean shutdown.
+    server.capture_signals = contextlib.nullcontext
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     print(f"receiving on http://{args.host}:{args.port}{PATH} (inbox {args.db})", flush=True)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot start, e.g. the port is taken
+        raise CommandError(f"cannot serve on {args.host}:{args.port}") from None
+    if not server.started:
+        raise CommandError(f"cannot serve on {args.host}:{args.port}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     secret = "whsec_demo_" + uuid.uuid4().hex
-    inbox = Path(tempfile.mkdtemp(prefix="aerostic-demo-")) / "inbox.sqlite3"
+    workdir = tempfile.TemporaryDirectory(prefix="aerostic-demo-")
+    inbox = Path(workdir.name) / "inbox.sqlite3"
     handled: list[str] = []
     lock = threading.Lock()
     receiver = WebhookReceiver(secret, store=SQLiteStore(inbox))
@@ -212,7 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ok &= once
     print(f"\nhandled: {', '.join(sorted(handled))}")
     print(f"each of the six sample events handled exactly once: {'yes' if once else 'NO'}")
-    print(f"inbox: {inbox}")
+    receiver.close()
+    workdir.cleanup()
     print("demo passed" if ok else "demo FAILED")
     return 0 if ok else 1
 
@@ -233,11 +254,15 @@ def _load_receiver(spec: str) -> WebhookReceiver:
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise CommandError(f"cannot import {module_name}: {error}") from None
+    except Exception as error:  # the module's own code may raise anything while importing
+        raise CommandError(
+            f"cannot import {module_name}: {type(error).__name__}: {error}"
+        ) from None
     receiver = getattr(module, attribute, None)
     if not isinstance(receiver, WebhookReceiver):
         raise CommandError(f"{spec} is not a WebhookReceiver")
+    if receiver.process == "inline":
+        raise CommandError(f"{spec} is inline: its handlers run in its requests, not a worker")
     return receiver
 
 
@@ -266,6 +291,12 @@ def _open_store(path: str, *, create: bool = False) -> SQLiteStore:
     if not create and not Path(path).is_file():
         raise CommandError(f"no inbox at {path}")
     return SQLiteStore(path)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"not a port number (1-65535): {text!r}")
+    return int(text)
 
 
 def _duration(text: str) -> timedelta:
@@ -371,8 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run a standalone receiver (uvicorn)")
     serve.add_argument("--secret", required=True, help="the webhook secret")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--db", default="aerostic_webhooks.sqlite3", help="the SQLite inbox")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument(
+        "--db",
+        default=os.environ.get("AEROSTIC_WEBHOOKS_DB") or "aerostic_webhooks.sqlite3",
+        help="the SQLite inbox (default: $AEROSTIC_WEBHOOKS_DB, else ./aerostic_webhooks.sqlite3)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser("worker", help="run a receiver's worker in this process")
@@ -417,4 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 1
+    except BrokenPipeError:  # e.g. `inbox list | head`: the reader left, nothing is wrong
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return result
