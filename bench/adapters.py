@@ -44,14 +44,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import datetime
 import gc
 import importlib
 import importlib.metadata
 import importlib.util
 import io
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -62,6 +60,7 @@ from types import ModuleType
 from typing import Any, Literal, Protocol
 
 import pydantic
+from _env import load_average, print_machine, print_run, version_of
 
 from aerostic_webhooks import MemoryStore, MessageReceived, WebhookReceiver, sign
 from aerostic_webhooks.signature import SIGNATURE_HEADER
@@ -723,33 +722,12 @@ def measure(rows: Sequence[Row], w: Workload, repeat: int, warmup: bool) -> None
 # -- reporting ------------------------------------------------------------------------------
 
 
-def version_of(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def load_average() -> str:
-    if not hasattr(os, "getloadavg"):
-        return "?"
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def print_environment(args: argparse.Namespace, w: Workload) -> None:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"date:        {now}")
-    python = os.path.relpath(sys.executable)
-    if python.startswith(".."):
-        python = os.path.basename(sys.executable)
-    print(f"command:     {' '.join([python, *sys.argv])}")
-    print(f"python:      {platform.python_implementation()} {sys.version.split()[0]}")
+    print_run()
     print(f"pydantic:    {pydantic.VERSION}")
     names = ("flask", "werkzeug", "django", "starlette", "fastapi")
     print(f"frameworks:  {', '.join(f'{n} {version_of(n)}' for n in names)}")
-    print(f"cpus:        {os.cpu_count()} (usable by this process: {affinity})")
-    print(f"platform:    {platform.platform()}")
+    print_machine()
     print(f"load avg:    {load_average()} (at start)")
     print(
         f"settings:    number={args.number} repeat={args.repeat} "

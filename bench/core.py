@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
-import datetime
 import gc
 import hashlib
 import hmac
@@ -24,8 +23,6 @@ import importlib
 import importlib.metadata
 import io
 import json
-import os
-import platform
 import pstats
 import statistics
 import sys
@@ -37,6 +34,7 @@ from typing import Any, Literal
 
 import pydantic
 import pydantic_core
+from _env import print_machine, print_run, version_of
 
 from aerostic_webhooks import MemoryStore, WebhookReceiver, parse_event, verify_signature
 from aerostic_webhooks.signature import SIGNATURE_HEADER
@@ -491,27 +489,12 @@ def verdicts(w: Workload, by_key: dict[str, Row]) -> list[bool]:
     return results
 
 
-def version_of(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def print_environment(args: argparse.Namespace) -> None:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"date:        {now}")
-    python = os.path.relpath(sys.executable)
-    if python.startswith(".."):
-        python = os.path.basename(sys.executable)
-    print(f"command:     {' '.join([python, *sys.argv])}")
-    print(f"python:      {platform.python_implementation()} {sys.version.split()[0]}")
+    print_run()
     print(f"pydantic:    {pydantic.VERSION} (pydantic-core {pydantic_core.__version__})")
     print(f"stripe:      {version_of('stripe')}")
     print(f"standardwh:  {version_of('standardwebhooks')}")
-    print(f"cpus:        {os.cpu_count()} (usable by this process: {affinity})")
-    print(f"platform:    {platform.platform()}")
+    print_machine()
     print(f"settings:    number={args.number} repeat={args.repeat} sizes={','.join(args.sizes)}")
     print("timer:       time.perf_counter_ns around each batch; gc enabled, collected before")
 

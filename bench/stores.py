@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
-import importlib.metadata
 import io
 import math
 import os
-import platform
 import pstats
 import shutil
 import sqlite3
@@ -47,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pydantic
+from _env import load_average, print_machine, print_run, version_of
 
 import aerostic_webhooks
 from aerostic_webhooks import MemoryStore, MessageReceived, SQLiteStore, WebhookReceiver
@@ -403,13 +401,6 @@ def measure(rows: Sequence[Row], w: Workload, repeat: int, warmup: bool) -> None
 # -- reporting ------------------------------------------------------------------------------
 
 
-def version_of(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def filesystem_of(path: str) -> str:
     """The type of the file system holding ``path`` (from /proc/mounts), or ``?``."""
     try:
@@ -444,22 +435,9 @@ def library_revision() -> str:
     return f"{package} (git {commit}{state})"
 
 
-def load_average() -> str:
-    if not hasattr(os, "getloadavg"):
-        return "?"
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def print_environment(args: argparse.Namespace, kinds: Sequence[StoreKind]) -> None:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"date:        {now}")
-    python = os.path.relpath(sys.executable)
-    if python.startswith(".."):
-        python = os.path.basename(sys.executable)
-    print(f"command:     {' '.join([python, *sys.argv])}")
+    print_run()
     print(f"library:     {library_revision()}")
-    print(f"python:      {platform.python_implementation()} {sys.version.split()[0]}")
     print(f"pydantic:    {pydantic.VERSION}")
     tmp = tempfile.gettempdir()
     print(f"sqlite:      {sqlite3.sqlite_version}, files in {tmp} ({filesystem_of(tmp)})")
@@ -469,8 +447,7 @@ def print_environment(args: argparse.Namespace, kinds: Sequence[StoreKind]) -> N
                 f"redis:       server {kind.server_version()}, redis-py {version_of('redis')}, "
                 f"{kind.url}, prefix {kind.base}"
             )
-    print(f"cpus:        {os.cpu_count()} (usable by this process: {affinity})")
-    print(f"platform:    {platform.platform()}")
+    print_machine()
     print(f"load avg:    {load_average()} (at start)")
     print(
         f"settings:    number={args.number} repeat={args.repeat} "
