@@ -21,3 +21,40 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", "aerostic_webhooks")
+
+
+# The lower bounds pyproject.toml states, checked by the in-process suites (the real-server
+# tests need the newest servers). Run with: nox -s oldest
+OLDEST = [
+    "pydantic==2.6.*",
+    "flask==2.3.*",
+    "werkzeug==2.3.*",
+    "django==4.2.*",
+    "starlette==0.37.*",
+    "fastapi==0.112.*",
+    "httpx==0.27.*",
+]
+
+
+@nox.session
+def oldest(session: nox.Session) -> None:
+    """The oldest supported pydantic, Flask, Django, Starlette and FastAPI."""
+    session.install("-e", ".[all,test]", *OLDEST)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-W",
+        "ignore::DeprecationWarning",  # old anyio and Starlette warn about each other
+        "-W",
+        "ignore::pytest.PytestUnraisableExceptionWarning",
+        "tests/test_events.py",
+        "tests/test_signature.py",
+        "tests/test_receiver.py",
+        "tests/test_worker.py",
+        "tests/test_stores.py",
+        "tests/test_flask.py",
+        "tests/test_django.py",
+        "tests/test_asgi.py",
+        *session.posargs,
+    )
