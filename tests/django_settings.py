@@ -60,6 +60,8 @@ POSTGRES = {
     "USER": os.environ.get("AEROSTIC_TEST_PG_USER", "postgres"),
     "HOST": os.environ.get("AEROSTIC_TEST_PG_HOST", "127.0.0.1"),
     "PORT": os.environ.get("AEROSTIC_TEST_PG_PORT", "5432"),
+    # A test database of this run's own: two runs on one server must not drop each other's.
+    "TEST": {"NAME": f"test_aerostic_webhooks_{os.getpid()}"},
 }
 
 
