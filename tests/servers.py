@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import socket
+import subprocess
 import time
+from collections.abc import Callable
 
 
 def free_port() -> int:
@@ -41,3 +43,31 @@ def post(
     finally:
         connection.close()
     return response.status, answer, time.monotonic() - started
+
+
+def wait_until_serving(
+    port: int,
+    process: subprocess.Popen[bytes],
+    path: str,
+    *,
+    status: int,
+    log: Callable[[], str] = str,
+    timeout: float = 30.0,
+) -> None:
+    """Poll ``GET path`` until it answers ``status``; fail with the server's log otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{log()}")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            if response.status == status:
+                return
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            connection.close()
+    raise AssertionError(f"the server did not start serving:\n{log()}")

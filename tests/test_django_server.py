@@ -109,23 +109,6 @@ class Delivery:
     elapsed: float
 
 
-def wait_until_serving(server: Server) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"{server.name} exited early:\n{server.log.read_text()}")
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
-        try:
-            connection.request("GET", URL)
-            if connection.getresponse().status == 405:
-                return
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            connection.close()
-    raise AssertionError(f"{server.name} did not start serving:\n{server.log.read_text()}")
-
-
 def stop(server: Server) -> None:
     server.process.send_signal(signal.SIGTERM)
     try:
@@ -189,7 +172,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
                 )
             started[name] = Server(name, port, directory / "handled.txt", log, process)
         for server in started.values():
-            wait_until_serving(server)
+            server_helpers.wait_until_serving(
+                server.port, server.process, URL, status=405, log=server.log.read_text
+            )
         yield started
     finally:
         for server in started.values():

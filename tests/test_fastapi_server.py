@@ -110,25 +110,6 @@ class Delivery:
     elapsed: float
 
 
-def wait_until_serving(server: Server) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"uvicorn exited early:\n{server.output()}")
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
-        try:
-            connection.request("GET", URL)
-            response = connection.getresponse()
-            response.read()
-            if response.status == 405:
-                return
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            connection.close()
-    raise AssertionError(f"uvicorn did not start serving:\n{server.output()}")
-
-
 def launch(directory: Path, workers: int) -> Server:
     counter = directory / "handled.txt"
     (directory / "served_app.py").write_text(
@@ -164,7 +145,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
         for name, workers in SERVERS.items():
             started[name] = launch(tmp_path_factory.mktemp(name), workers)
         for server in started.values():
-            wait_until_serving(server)
+            server_helpers.wait_until_serving(
+                server.port, server.process, URL, status=405, log=server.output
+            )
         yield started
     finally:
         for server in started.values():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import http.client
 import os
 import shutil
 import signal
@@ -47,22 +46,6 @@ app = flask_app.create_app(webhooks)
 """
 
 
-def wait_until_serving(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "gunicorn exited early"
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            connection.request("GET", "/")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            connection.close()
-    raise AssertionError("gunicorn did not start serving")
-
-
 @pytest.fixture(params=["sync", "gthread"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
@@ -85,7 +68,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
     command += ["--threads", "4", "-b", f"127.0.0.1:{port}", "served_app:app"]
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     try:
-        wait_until_serving(port, process)
+        server_helpers.wait_until_serving(port, process, "/", status=200)
         yield port, counter
     finally:
         process.send_signal(signal.SIGTERM)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import http.client
 import os
 import random
 import shutil
@@ -136,25 +135,6 @@ def plan(count: int, seed: int = 20261127) -> list[Delivery]:
     return deliveries
 
 
-def wait_until_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the web server exited early:\n{log.read_text()}")
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            connection.request("GET", URL)
-            response = connection.getresponse()
-            response.read()
-            if response.status == 405:
-                return
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            connection.close()
-    raise AssertionError(f"the web server did not start serving:\n{log.read_text()}")
-
-
 def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
     if process.poll() is None:
@@ -241,7 +221,7 @@ def soak(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Soak]:
         )
     state = Soak(tmp_path, inbox, counter, env, port)
     try:
-        wait_until_serving(port, web, log)
+        server_helpers.wait_until_serving(port, web, URL, status=405, log=log.read_text)
         yield state
     finally:
         for worker in state.workers:
