@@ -1,0 +1,533 @@
+"""Requests per second and latency of the adapters behind real servers, over loopback sockets.
+
+Run from the repository root (see ``bench/README.md``)::
+
+    python bench/servers.py                      # 5 s per cell, concurrency 1, 16, 64
+    python bench/servers.py --duration 2 --frameworks flask
+
+Each framework is served in a subprocess on a free 127.0.0.1 port, the way it is deployed:
+Flask by gunicorn (sync workers, ``-w 2``), Starlette and FastAPI by uvicorn (1 worker). One
+application holds both routes:
+
+- ``/webhooks/aerostic``: the library's adapter on ``WebhookReceiver(SECRET,
+  store=SQLiteStore(<temporary file>))``, default ``process="background"``, with one handler:
+  a no-op (``noop`` server) or ``time.sleep(10)`` (``sleep10`` server);
+- ``/bare``: a route of the framework that reads the raw body and answers 200
+  ``{"received": true}``.
+
+The load is ``wrk`` (keep-alive connections, ``-c`` = concurrency, at most 2 threads), driven by
+a Lua script that cycles through pre-signed bodies, a new ``data.id`` each (written to a file
+per cell; a cell sends each body at most once unless the "wrapped" column says otherwise).
+Every answer is checked in the script (200 and a body containing ``received``). After a
+server is stopped, its SQLite store is opened and the recorded events are counted.
+
+Targets (from the issue): every adapter keeps at least 85% of its bare route's requests/s;
+with the 10 s handler, the adapter's p99 at concurrency 64 is within 1.2x of the no-op
+handler's p99 and under 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import importlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _env import load_average, print_machine, print_run, version_of
+
+from aerostic_webhooks import SQLiteStore, WebhookReceiver
+from aerostic_webhooks.testing import sample_body
+
+# A fixed, made-up secret: the benchmark needs reproducible inputs, not secrecy.
+SECRET = "whsec_aerostic_bench_0123456789abcdef"
+EVENT_TYPE = "message.received"
+MOUNT = "/webhooks/aerostic"
+BARE_PATH = "/bare"
+ACCEPTED = b'{"received": true}'
+CONTENT_TYPE = "application/json"
+SLEEP_SECONDS = 10.0
+PLACEHOLDER = "msg_bench_PLACEHOLDER"
+
+TARGET_RATIO = 0.85
+TARGET_P99_RATIO = 1.2
+TARGET_P99_MS = 100.0
+JUDGED_CONCURRENCY = 64
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+VENV_BIN = Path(sys.executable).parent
+
+# -- the applications (built inside the server subprocess, from the environment) ------------
+
+
+def _receiver() -> Any:
+    receiver = WebhookReceiver(SECRET, store=SQLiteStore(os.environ["AEROSTIC_BENCH_DB"]))
+    if os.environ.get("AEROSTIC_BENCH_HANDLER") == "sleep10":
+
+        @receiver.on("*")
+        def slow(event: Any) -> None:
+            time.sleep(SLEEP_SECONDS)
+
+    else:
+
+        @receiver.on("*")
+        def noop(event: Any) -> None:
+            return None
+
+    return receiver
+
+
+def flask_app() -> Any:
+    """gunicorn 'servers:flask_app()'"""
+    # Frameworks are imported in the server that uses them, not by the load driver.
+    flask = importlib.import_module("flask")
+    adapter = importlib.import_module("aerostic_webhooks.flask")
+
+    app = flask.Flask(__name__)
+    app.register_blueprint(adapter.webhook_blueprint(_receiver()), url_prefix=MOUNT)
+
+    @app.post(BARE_PATH)
+    def bare() -> Any:
+        flask.request.get_data()
+        return flask.Response(ACCEPTED, 200, content_type=CONTENT_TYPE)
+
+    return app
+
+
+def starlette_app() -> Any:
+    """uvicorn --factory servers:starlette_app"""
+    applications = importlib.import_module("starlette.applications")
+    responses = importlib.import_module("starlette.responses")
+    routing = importlib.import_module("starlette.routing")
+    adapter = importlib.import_module("aerostic_webhooks.starlette")
+
+    async def bare(request: Any) -> Any:
+        await request.body()
+        return responses.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
+
+    route = routing.Route(BARE_PATH, bare, methods=["POST"])
+    return applications.Starlette(routes=[adapter.webhook_route(MOUNT, _receiver()), route])
+
+
+def fastapi_app() -> Any:
+    """uvicorn --factory servers:fastapi_app"""
+    fastapi = importlib.import_module("fastapi")
+    adapter = importlib.import_module("aerostic_webhooks.fastapi")
+
+    app = fastapi.FastAPI()
+    app.include_router(adapter.webhook_router(_receiver()), prefix=MOUNT)
+
+    async def bare(request: Any) -> Any:
+        await request.body()
+        return fastapi.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
+
+    # FastAPI injects the request from the annotation: give it the class, not a string.
+    bare.__annotations__ = {"request": fastapi.Request, "return": fastapi.Response}
+
+    app.add_api_route(BARE_PATH, bare, methods=["POST"])
+    return app
+
+
+def server_command(framework: str, port: int) -> list[str]:
+    bind = f"127.0.0.1:{port}"
+    if framework == "flask":
+        return [
+            str(VENV_BIN / "gunicorn"),
+            *("-k", "sync", "-w", "2", "-b", bind, "--log-level", "warning"),
+            "servers:flask_app()",
+        ]
+    return [
+        str(VENV_BIN / "uvicorn"),
+        *("--factory", f"servers:{framework}_app", "--workers", "1"),
+        *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+        "--no-access-log",
+    ]
+
+
+SERVER_NOTES = {
+    "flask": "gunicorn -k sync -w 2 'servers:flask_app()'",
+    "starlette": "uvicorn --factory servers:starlette_app --workers 1",
+    "fastapi": "uvicorn --factory servers:fastapi_app --workers 1",
+}
+
+# -- load generation: wrk and a Lua script over pre-signed bodies ---------------------------
+
+LUA = r"""
+local threads = {}
+local counter = 1
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+
+local requests = {}
+local index = 0
+bad = 0  -- a global: done() reads it with thread:get
+function init(args)
+  local path, file, nthreads = args[1], args[2], tonumber(args[3])
+  local n = 0
+  for line in io.lines(file) do
+    if n % nthreads == tid - 1 then
+      local tab = string.find(line, "\t", 1, true)
+      local signature, body = string.sub(line, 1, tab - 1), string.sub(line, tab + 1)
+      local headers = {}
+      headers["Content-Type"] = "application/json"
+      headers["X-Aerostic-Signature"] = signature
+      table.insert(requests, wrk.format("POST", path, headers, body))
+    end
+    n = n + 1
+  end
+end
+
+function request()
+  index = index + 1
+  if index > #requests then index = 1 end
+  return requests[index]
+end
+
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, "received", 1, true) then bad = bad + 1 end
+end
+
+function done(summary, latency, requests)
+  local b = 0
+  for _, thread in ipairs(threads) do b = b + thread:get("bad") end
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect + e.read + e.write + e.timeout, b))
+end
+"""
+
+
+@dataclass
+class Cell:
+    framework: str
+    handler: str
+    route: str
+    concurrency: int
+    requests: int = 0
+    seconds: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    socket_errors: int = 0
+    bad: int = 0
+    bodies: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def wrapped(self) -> bool:
+        return self.route == "adapter" and self.requests > self.bodies
+
+
+def write_bodies(path: Path, prefix: str, number: int) -> None:
+    template = sample_body(EVENT_TYPE, id=PLACEHOLDER).decode()
+    check(PLACEHOLDER in template and "\n" not in template, "unexpected sample body")
+    key = SECRET.encode()
+    lines = []
+    for i in range(number):
+        body = template.replace(PLACEHOLDER, f"{prefix}_{i:07d}")
+        digest = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+        lines.append(f"sha256={digest}\t{body}\n")
+    path.write_text("".join(lines))
+
+
+def run_wrk(port: int, path: str, bodies: Path, concurrency: int, duration: float) -> list[int]:
+    threads = min(concurrency, 2)
+    command = [
+        "wrk",
+        *("-t", str(threads), "-c", str(concurrency), "-d", f"{duration:g}s"),
+        *("--timeout", "30s", "-s", str(bodies.parent / "load.lua")),
+        f"http://127.0.0.1:{port}",
+        "--",
+        path,
+        str(bodies),
+        str(threads),
+    ]
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=duration + 60
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return [int(x) for x in line.split()[1:]]
+    raise CheckFailed(f"wrk gave no result: {done.stdout}\n{done.stderr}")
+
+
+# -- servers --------------------------------------------------------------------------------
+
+
+class CheckFailed(Exception):
+    """A benchmark self-check failed: the numbers of this run are not to be trusted."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise CheckFailed(f"server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /bare HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if sock.recv(64).startswith(b"HTTP/1.1 405"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise CheckFailed(f"server did not start serving:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group; SIGKILL it after 5 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # leftover workers of the group, if any
+    process.wait(5)
+
+
+def recorded(db: Path) -> int:
+    store = SQLiteStore(str(db))
+    try:
+        return sum(store.counts().values())
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()
+
+
+def run_server(
+    framework: str,
+    handler: str,
+    concurrencies: Sequence[int],
+    duration: float,
+    bodies_per_cell: int,
+    work: Path,
+) -> tuple[list[Cell], int]:
+    db = work / f"{framework}-{handler}.sqlite3"
+    log = work / f"{framework}-{handler}.log"
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        "AEROSTIC_BENCH_DB": str(db),
+        "AEROSTIC_BENCH_HANDLER": handler,
+    }
+    cells: list[Cell] = []
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            server_command(framework, port),
+            cwd=HERE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_serving(port, process, log)
+        # Untimed warm-up of both routes (first requests, worker threads, SQLite file).
+        warm = work / "warm.txt"
+        write_bodies(warm, f"warm_{framework}_{handler}", 2000)
+        for path in (BARE_PATH, MOUNT):
+            run_wrk(port, path, warm, 4, 1)
+        for concurrency in concurrencies:
+            for route, path in (("bare", BARE_PATH), ("adapter", MOUNT)):
+                bodies = work / "bodies.txt"
+                prefix = f"{framework}_{handler}_{route}_{concurrency}"
+                write_bodies(bodies, prefix, bodies_per_cell)
+                result = run_wrk(port, path, bodies, concurrency, duration)
+                count, micros, p50, p99, top, errors, bad = result
+                cells.append(
+                    Cell(
+                        framework,
+                        handler,
+                        route,
+                        concurrency,
+                        count,
+                        micros / 1e6,
+                        p50 / 1e3,
+                        p99 / 1e3,
+                        top / 1e3,
+                        errors,
+                        bad,
+                        bodies_per_cell,
+                    )
+                )
+                check(process.poll() is None, f"{framework} server died:\n{log.read_text()}")
+    finally:
+        stop(process)
+    return cells, recorded(db)
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+
+def print_environment(args: argparse.Namespace) -> None:
+    print_run()
+    names = ("flask", "werkzeug", "starlette", "fastapi", "gunicorn", "uvicorn")
+    print(f"packages:    {', '.join(f'{n} {version_of(n)}' for n in names)}")
+    wrk = subprocess.run(["wrk", "--version"], check=False, capture_output=True, text=True)
+    print(f"load:        {(wrk.stdout or wrk.stderr).splitlines()[0].strip()}")
+    print_machine()
+    print(f"load avg:    {load_average()} (at start)")
+    print(
+        f"settings:    duration={args.duration:g}s per cell, concurrency="
+        f"{','.join(map(str, args.concurrency))}, bodies per cell={args.bodies}, "
+        f"frameworks={','.join(args.frameworks)}"
+    )
+    print("servers:     on 127.0.0.1 (a free port), in a subprocess; wrk on the same host")
+    for name in args.frameworks:
+        print(f"  {name:<10} {SERVER_NOTES[name]}")
+    print("receiver:    WebhookReceiver(SECRET, store=SQLiteStore(<tmp file>)), background;")
+    print("             handler 'noop' (returns) or 'sleep10' (time.sleep(10))")
+
+
+def print_table(cells: Sequence[Cell]) -> None:
+    print()
+    print("== requests/s and latency per (framework, handler, route, concurrency) ==")
+    print(
+        f"{'framework':<10} {'handler':<8} {'route':<8} {'conc':>4}  {'requests':>8}  "
+        f"{'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'max ms':>8}  {'errors':>6}  {'wrapped':>7}"
+    )
+    for c in cells:
+        print(
+            f"{c.framework:<10} {c.handler:<8} {c.route:<8} {c.concurrency:>4}  {c.requests:>8}  "
+            f"{c.rate:>8,.0f}  {c.p50_ms:>8.2f}  {c.p99_ms:>8.2f}  {c.max_ms:>8.1f}  "
+            f"{c.socket_errors + c.bad:>6}  {'yes' if c.wrapped else '':>7}"
+        )
+    print("(errors: socket errors + answers not 200 with 'received' in the body; wrapped: the")
+    print(" cell sent more requests than it had distinct bodies, so some were duplicates)")
+
+
+def print_verdicts(cells: Sequence[Cell]) -> list[bool]:
+    by = {(c.framework, c.handler, c.route, c.concurrency): c for c in cells}
+    results: list[bool] = []
+    print()
+    print(f"-- target: adapter requests/s >= {TARGET_RATIO:.0%} of the bare route's, same server")
+    for c in cells:
+        if c.route != "adapter":
+            continue
+        bare = by[(c.framework, c.handler, "bare", c.concurrency)]
+        ratio = c.rate / bare.rate if bare.rate else 0.0
+        ok = ratio >= TARGET_RATIO
+        results.append(ok)
+        label = f"{c.framework} {c.handler} c={c.concurrency}"
+        print(
+            f"   {label:<24} adapter {c.rate:8,.0f}  bare {bare.rate:8,.0f}  "
+            f"ratio {ratio:5.3f}  {'PASS' if ok else 'FAIL'}"
+        )
+    print()
+    print(
+        f"-- target: sleep10-handler adapter p99 <= {TARGET_P99_RATIO}x the noop-handler p99 "
+        f"and < {TARGET_P99_MS:g} ms\n   (judged at concurrency {JUDGED_CONCURRENCY}; "
+        "other concurrencies for reference)"
+    )
+    for c in cells:
+        if c.route != "adapter" or c.handler != "sleep10":
+            continue
+        noop = by.get((c.framework, "noop", "adapter", c.concurrency))
+        if noop is None:
+            continue
+        ratio = c.p99_ms / noop.p99_ms if noop.p99_ms else float("inf")
+        label = f"{c.framework} c={c.concurrency}"
+        figures = (
+            f"   {label:<16} p99 sleep10 {c.p99_ms:8.2f} ms  noop {noop.p99_ms:8.2f} ms  "
+            f"ratio {ratio:6.2f}"
+        )
+        if c.concurrency == JUDGED_CONCURRENCY:
+            ok = ratio <= TARGET_P99_RATIO and c.p99_ms < TARGET_P99_MS
+            results.append(ok)
+            print(f"{figures}  {'PASS' if ok else 'FAIL'}")
+        else:
+            print(f"{figures}  (reference)")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell (5)")
+    parser.add_argument(
+        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64]
+    )
+    parser.add_argument(
+        "--frameworks",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        default=list(SERVER_NOTES),
+        help=f"comma-separated, from {','.join(SERVER_NOTES)}",
+    )
+    parser.add_argument("--bodies", type=int, default=30000, help="distinct bodies per cell")
+    args = parser.parse_args(argv)
+    unknown = [f for f in args.frameworks if f not in SERVER_NOTES]
+    if unknown:
+        parser.error(f"unknown framework(s): {', '.join(unknown)}")
+    if shutil.which("wrk") is None:
+        print("wrk not found (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    print_environment(args)
+    cells: list[Cell] = []
+    stores: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="aerostic-bench-servers-") as tmp:
+            work = Path(tmp)
+            (work / "load.lua").write_text(LUA)
+            for framework in args.frameworks:
+                for handler in ("noop", "sleep10"):
+                    server_cells, count = run_server(
+                        framework, handler, args.concurrency, args.duration, args.bodies, work
+                    )
+                    cells.extend(server_cells)
+                    answered = sum(c.requests for c in server_cells if c.route == "adapter")
+                    stores.append(
+                        f"  {framework} {handler}: {count} events recorded "
+                        f"(adapter answers counted by wrk: {answered}, plus 2000 warm-up "
+                        "bodies at most)"
+                    )
+    except CheckFailed as failure:
+        print(f"benchmark self-check failed: {failure}", file=sys.stderr)
+        return 1
+    print_table(cells)
+    print()
+    print("store check (SQLite file opened after the server stopped):")
+    for line in stores:
+        print(line)
+    results = print_verdicts(cells)
+    errors = sum(c.socket_errors + c.bad for c in cells)
+    print()
+    print(
+        f"overall: {'PASS' if all(results) and not errors else 'FAIL'} "
+        f"({sum(results)}/{len(results)} judged targets met; {errors} request errors)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
