@@ -27,6 +27,10 @@ DEFAULT_RETRY_DELAYS: tuple[float, ...] = (30.0, 300.0, 1800.0, 7200.0, 21600.0)
 
 T = TypeVar("T")
 
+# How often the store's upkeep runs (a SQLite WAL checkpoint): often enough that deliveries
+# never have to do it, whatever the handlers are doing.
+_MAINTAIN_INTERVAL = 1.0
+
 #: Runs the handlers of one record; returns ``None`` on success, else the error to keep.
 Process = Callable[[Record], "str | None"]
 
@@ -327,14 +331,24 @@ class Worker:
             )
 
     def _housekeeping(self, stopped: threading.Event) -> None:
-        next_purge = time.monotonic()
+        next_renewal = next_purge = time.monotonic()
         while not stopped.is_set():
             with self._context():
-                self._renew()
-                if time.monotonic() >= next_purge:
+                now = time.monotonic()
+                if now >= next_renewal:
+                    self._renew()
+                    next_renewal = now + self._lease / 3
+                if now >= next_purge:
                     self._purge()
-                    next_purge = time.monotonic() + self._purge_interval
-            stopped.wait(self._lease / 3)
+                    next_purge = now + self._purge_interval
+                self._maintain()
+            stopped.wait(min(self._lease / 3, _MAINTAIN_INTERVAL))
+
+    def _maintain(self) -> None:
+        try:
+            self.store.maintain()
+        except Exception:
+            logger.warning("store upkeep failed; trying again", exc_info=True)
 
     def _renew(self) -> None:
         with self._changed:

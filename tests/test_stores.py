@@ -215,3 +215,21 @@ def test_purge_removes_old_finished_records_only(store: Store) -> None:
     assert store.get("done") is None and store.get("failed") is None
     for kept in ("pending", "processing", "recent-done"):
         assert store.get(kept) is not None
+
+
+def test_maintain_is_safe_on_every_store(store: Store) -> None:
+    store.add(record("a"))
+    store.maintain()
+    assert store.get("a") is not None
+
+
+def test_sqlite_maintain_checkpoints_what_deliveries_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    with SQLiteStore(path) as store:
+        for n in range(200):
+            store.add(record(f"e{n}", body=b"x" * 2000))  # deliveries never checkpoint
+        before = path.stat().st_size  # the rows are still only in the WAL
+        store.maintain()
+        after = path.stat().st_size
+    assert before < 100_000
+    assert after > 400_000  # the checkpoint copied them into the database file

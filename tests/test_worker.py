@@ -488,3 +488,23 @@ def test_a_lapsed_lease_taken_up_by_another_thread_is_settled_by_that_run_only()
         assert record is not None
         assert record.status is Status.DONE  # the first run's failure did not reschedule it
         assert record.last_error is None
+
+
+def test_store_upkeep_runs_while_every_handler_is_busy() -> None:
+    upkeep = threading.Event()
+
+    class Counting(MemoryStore):
+        def maintain(self) -> None:
+            upkeep.set()
+
+    release = threading.Event()
+    with WebhookReceiver(SECRET, store=Counting(), concurrency=1) as webhooks:
+        webhooks.on("*")(lambda event: release.wait(5))
+        deliver(webhooks)
+        upkeep.clear()
+        try:
+            # The only handler thread is blocked; the housekeeping thread still does upkeep,
+            # so deliveries never end up doing a SQLite checkpoint themselves.
+            assert upkeep.wait(3)
+        finally:
+            release.set()

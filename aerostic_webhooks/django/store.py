@@ -218,5 +218,8 @@ class DjangoStore:
         deleted, _ = old.delete()
         return int(deleted)
 
+    def maintain(self) -> None:
+        """Nothing to keep up: the database does its own."""
+
     def close(self) -> None:
         """Django manages the connections."""

@@ -133,6 +133,10 @@ class Store(Protocol):
         """Delete done and failed records received before ``older_than``; return how many."""
         ...
 
+    def maintain(self) -> None:
+        """Periodic upkeep, run by the worker off the request path (SQLite: a checkpoint)."""
+        ...
+
     def close(self) -> None:
         """Release resources; the store is not used afterwards."""
         ...

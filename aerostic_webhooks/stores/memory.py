@@ -207,6 +207,9 @@ class MemoryStore:
                 del self._records[event_id]
             return len(old)
 
+    def maintain(self) -> None:
+        """Nothing to keep up."""
+
     def close(self) -> None:
         """Nothing to release; records stay readable."""
 

@@ -410,6 +410,9 @@ class RedisStore:
             if purged == 0:
                 return total
 
+    def maintain(self) -> None:
+        """Nothing to keep up: Redis does its own."""
+
     def close(self) -> None:
         self.client.close()
 
