@@ -166,14 +166,6 @@ class UnknownEvent(Event):
     data: dict[str, Any]
 
 
-KNOWN_EVENTS: dict[str, type[Event]] = {
-    "message.received": MessageReceived,
-    "message.sent": MessageSent,
-    "message.delivered": MessageDelivered,
-    "message.read": MessageRead,
-    "message.failed": MessageFailed,
-    "contact.created": ContactCreated,
-}
 #: The documented events, told apart by ``event`` inside pydantic-core (no Python callback).
 KnownEvent = Annotated[
     MessageReceived | MessageSent | MessageDelivered | MessageRead | MessageFailed | ContactCreated,

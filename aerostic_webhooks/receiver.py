@@ -237,7 +237,7 @@ class WebhookReceiver:
             return self._receive_inline(event, event_id, raw)
         now = utcnow()
         record = Record(event_id, event.event, raw, now, next_attempt_at=now)
-        if not self._add(record):
+        if not self._store_call(self.store.add, record):
             logger.debug("duplicate delivery of %s acknowledged", event_id)
             return Receipt(event, event_id, duplicate=True)
         logger.debug("recorded %s", event_id)
@@ -261,16 +261,6 @@ class WebhookReceiver:
             return default_event_id(event, body)
         return event_id
 
-    def _add(self, record: Record) -> bool:
-        try:
-            return self.store.add(record)
-        except StoreUnavailable as error:
-            logger.warning("store unavailable, delivery refused: %s", error.reason)
-            raise
-        except Exception as error:
-            logger.warning("store unavailable, delivery refused: %s", type(error).__name__)
-            raise StoreUnavailable(f"store raised {type(error).__name__}") from error
-
     def _receive_inline(self, event: Event, event_id: str, body: bytes) -> Receipt:
         now = utcnow()
         record = Record(
@@ -283,7 +273,7 @@ class WebhookReceiver:
             lease_owner=self._inline_owner,
             lease_expires_at=now + timedelta(seconds=self._lease),
         )
-        if not self._add(record):
+        if not self._store_call(self.store.add, record):
             # A record whose lease ran out (its process died mid-handler) is ours to finish.
             taken = self._store_call(
                 self.store.take, event_id, self._inline_owner, lease=self._lease
@@ -304,13 +294,14 @@ class WebhookReceiver:
         return Receipt(event, event_id)
 
     def _store_call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A store call on the request path: any failure is a 503, as for ``add``."""
+        """A store call on the request path: any failure is a 503, nothing acknowledged."""
         try:
             return method(*args, **kwargs)
-        except StoreUnavailable:
+        except StoreUnavailable as error:
+            logger.warning("store unavailable, delivery refused: %s", error.reason)
             raise
         except Exception as error:
-            logger.warning("store unavailable: %s", type(error).__name__)
+            logger.warning("store unavailable, delivery refused: %s", type(error).__name__)
             raise StoreUnavailable(f"store raised {type(error).__name__}") from error
 
     # -- processing ---------------------------------------------------------------------------
