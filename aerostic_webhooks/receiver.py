@@ -350,7 +350,7 @@ class WebhookReceiver:
 
     def _call(self, function: Callable[..., Any], *args: Any) -> None:
         result = function(*args)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             self._loop.run(result)
 
     def _report(self, event: Event, error: BaseException) -> None:

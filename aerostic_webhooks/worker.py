@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -26,6 +27,12 @@ logger = logging.getLogger("aerostic_webhooks")
 DEFAULT_RETRY_DELAYS: tuple[float, ...] = (30.0, 300.0, 1800.0, 7200.0, 21600.0)
 
 T = TypeVar("T")
+
+# A claim hands each free thread about this many seconds of work, judged by how long records
+# have taken to run lately: a batch of quick records costs one store call, not one each, and
+# a slow handler gets a record to itself.
+_CLAIM_BUDGET = 0.01
+_MAX_CLAIM = 64
 
 # How often the store's upkeep runs (a SQLite WAL checkpoint): often enough that deliveries
 # never have to do it, whatever the handlers are doing.
@@ -80,10 +87,12 @@ async def _as_coroutine(awaitable: Awaitable[T]) -> T:
 class Worker:
     """Runs ``process`` on due records from the store, on ``concurrency`` handler threads.
 
-    Each handler thread claims one record at a time, when woken by a new delivery (a token on
-    a queue), or when its wait runs out (a retry falling due, work recorded by another
-    process). A housekeeping thread renews the leases of running records, so a slow handler
-    is not taken up twice, and purges records past retention.
+    A handler thread looks for work when woken by a new delivery (a token on a queue), or when
+    its wait runs out (a retry falling due, work recorded by another process). One thread at a
+    time claims from the store, as many records as there are free threads, so a record never
+    waits behind a busy one; the others run what it claimed. A housekeeping thread renews the
+    leases of claimed records, so a slow handler is not taken up twice, and purges records
+    past retention.
     """
 
     def __init__(
@@ -133,8 +142,15 @@ class Worker:
         self._claims = itertools.count()
         self._tokens: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._changed = threading.Condition(threading.Lock())
+        # Claimed records, running or waiting in _ready for a free thread.
         self._in_flight: dict[str, Record] = {}
+        self._claim_lock = threading.Lock()
         self._claiming = 0
+        self._draining = 0
+        # Handled records not yet marked done in the store, from any thread; see _complete.
+        self._done: list[Record] = []
+        # Seconds a record takes to run and settle, a moving average; pessimistic at first.
+        self._run_seconds = 1.0
         self._idle = 0
         self._token_out = False
         self._stopped = threading.Event()
@@ -153,14 +169,15 @@ class Worker:
                 self._reset()
             if self._threads:
                 return
-            # Each start gets its own queue and stop flag: threads of an earlier start that
-            # are still finishing a handler must not take the new ones' tokens.
+            # Each start gets its own queue, stop flag and claimed records: threads of an
+            # earlier start that are still finishing a handler must not take the new ones'.
             self._tokens = queue.SimpleQueue()
             self._stopped = threading.Event()
+            ready: collections.deque[Record] = collections.deque()
             threads = [
                 threading.Thread(
                     target=self._handle_loop,
-                    args=(self._tokens, self._stopped),
+                    args=(self._tokens, self._stopped, ready),
                     name=f"aerostic-webhooks-handler-{n}",
                 )
                 for n in range(self._concurrency)
@@ -202,7 +219,11 @@ class Worker:
                 return False
             self.wake()
             with self._changed:
-                self._changed.wait(min(remaining, 0.05))
+                self._draining += 1
+                try:
+                    self._changed.wait(min(remaining, 0.05))
+                finally:
+                    self._draining -= 1
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop claiming, wait up to ``timeout`` for running handlers, and stop the threads.
@@ -221,20 +242,25 @@ class Worker:
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0))
 
-    def _handle_loop(self, tokens: queue.SimpleQueue[bool], stopped: threading.Event) -> None:
+    def _handle_loop(
+        self,
+        tokens: queue.SimpleQueue[bool],
+        stopped: threading.Event,
+        ready: collections.deque[Record],
+    ) -> None:
         while not stopped.is_set():
-            if self._step(stopped):
+            if self._step(stopped, ready):
                 continue
             # Say we are idle, then look once more: a delivery recorded before wake() saw
             # us idle is found by this step; one recorded after it gets us a token.
             with self._changed:
                 self._idle += 1
             try:
-                if self._step(stopped):
+                if self._step(stopped, ready):
                     continue
                 try:
                     if not tokens.get(timeout=self._wait_for()):
-                        return  # close() asked us to stop
+                        break  # close() asked us to stop
                     # Let a burst of deliveries gather, then take it in one go: one thread
                     # switch for the burst instead of one per delivery.
                     stopped.wait(self._coalesce)
@@ -244,14 +270,39 @@ class Worker:
             finally:
                 with self._changed:
                     self._idle -= 1
+        # Stopping: records this start claimed are run, not left leased until the lease ends.
+        while self._step(stopped, ready):
+            pass
 
-    def _step(self, stopped: threading.Event) -> bool:
-        """Claim one due record and process it; ``False`` if there was none."""
+    def _step(self, stopped: threading.Event, ready: collections.deque[Record]) -> bool:
+        """Run one claimed record, claiming from the store first if none is waiting.
+
+        ``False`` if there was nothing to run, or another thread is claiming: this one then
+        goes idle rather than queue for the store, and the claimer wakes it if it finds more.
+        Once stopped, only records already claimed are run. Successes are marked done in one
+        store call once the claimed records run out (or there are many, or handlers are slow).
+        """
         with self._context():
-            record = self._claim(stopped)
+            try:
+                record = ready.popleft()
+            except IndexError:
+                record = None
+                if not stopped.is_set() and self._claim_lock.acquire(blocking=False):
+                    try:
+                        records = self._claim(stopped)
+                    finally:
+                        self._claim_lock.release()
+                    if records:
+                        record = records[0]
+                        if len(records) > 1:
+                            ready.extend(records[1:])
+                            self.wake()
             if record is None:
+                self._complete()
                 return False
             self._run(record)
+            if not ready or len(self._done) >= _MAX_CLAIM or self._run_seconds > _CLAIM_BUDGET:
+                self._complete()
             return True
 
     def _wait_for(self) -> float:
@@ -265,13 +316,16 @@ class Worker:
             return self._poll_interval
         return min(self._poll_interval, max((due - utcnow()).total_seconds(), 0.001))
 
-    def _claim(self, stopped: threading.Event) -> Record | None:
+    def _claim(self, stopped: threading.Event) -> list[Record]:
+        """Claim due records for this thread and the idle ones (see ``_CLAIM_BUDGET``)."""
         with self._changed:
             self._claiming += 1
         records: list[Record] = []
         try:
             owner = f"{self.owner}:{next(self._claims)}"
-            records = self.store.claim(owner, limit=1, lease=self._lease)
+            per_thread = int(_CLAIM_BUDGET / max(self._run_seconds, 1e-6)) or 1
+            limit = min((min(self._idle, self._concurrency - 1) + 1) * per_thread, _MAX_CLAIM)
+            records = self.store.claim(owner, limit=limit, lease=self._lease)
         except Exception:
             logger.warning("could not claim work from the store; trying again", exc_info=True)
             stopped.wait(self._poll_interval)
@@ -280,32 +334,66 @@ class Worker:
                 for record in records:
                     self._in_flight[record.event_id] = record
                 self._claiming -= 1
-                self._changed.notify_all()
-        return records[0] if records else None
+                if self._draining:
+                    self._changed.notify_all()
+        return records
 
     def _run(self, record: Record) -> None:
+        """Run a record's handlers; a success joins ``_done``, anything else is settled now."""
+        started = time.perf_counter()
+        error: str | None = "not run"
         try:
             try:
                 error = self._process(record)
             except BaseException as exc:  # process() reports handler errors; this is our bug
                 logger.exception("processing %s failed unexpectedly", record.event_id)
                 error = f"{type(exc).__name__}: {exc}"
-            self._settle(record, error)
+            if error is not None:
+                self._retry_or_fail(record, error)
         finally:
-            with self._changed:
-                # Once settled, another thread may already hold the record again (a retry due
-                # at once): leave its entry alone.
+            self._run_seconds += (time.perf_counter() - started - self._run_seconds) * 0.2
+            if error is None:
+                self._done.append(record)
+            else:
+                self._forget((record,))
+
+    def _complete(self) -> None:
+        """Mark the handled records done: one store call for each claim they came from."""
+        if not self._done:
+            return
+        with self._changed:
+            records, self._done = self._done, []
+        by_owner: dict[str, list[str]] = {}
+        for record in records:
+            by_owner.setdefault(record.lease_owner or self.owner, []).append(record.event_id)
+        try:
+            for owner, event_ids in by_owner.items():
+                self.store.complete_many(owner, event_ids)
+        except Exception:
+            logger.warning(
+                "could not mark %d handled records done; they run again when their leases end",
+                len(records),
+                exc_info=True,
+            )
+        finally:
+            self._forget(records)
+
+    def _forget(self, records: Sequence[Record]) -> None:
+        """Settled records are no longer this worker's to renew or wait for."""
+        with self._changed:
+            for record in records:
+                # Once settled, another thread may already hold the record again (a retry
+                # due at once): leave its entry alone.
                 if self._in_flight.get(record.event_id) is record:
                     del self._in_flight[record.event_id]
+            if self._draining:
                 self._changed.notify_all()
 
-    def _settle(self, record: Record, error: str | None) -> None:
-        """Record the outcome: done, pending again after the backoff delay, or failed."""
+    def _retry_or_fail(self, record: Record, error: str) -> None:
+        """Record a failure: pending again after the backoff delay, or failed for good."""
         owner = record.lease_owner or self.owner
         try:
-            if error is None:
-                self.store.complete(record.event_id, owner)
-            elif record.attempts >= self.max_attempts:
+            if record.attempts >= self.max_attempts:
                 self.store.fail(record.event_id, owner, error=error)
                 logger.error(
                     "%s failed after %d attempts; kept as failed (retry it with retry())",
@@ -341,6 +429,7 @@ class Worker:
                 if now >= next_purge:
                     self._purge()
                     next_purge = now + self._purge_interval
+                self._complete()  # what a thread that went on to a slow handler left behind
                 self._maintain()
             stopped.wait(min(self._lease / 3, _MAINTAIN_INTERVAL))
 

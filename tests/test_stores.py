@@ -14,13 +14,25 @@ from aerostic_webhooks.stores import Record, Status, Store
 from aerostic_webhooks.stores.base import utcnow
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        "redis",
+        # The Django ORM store on the test settings' SQLite database, migrated and emptied after.
+        pytest.param("django", marks=pytest.mark.django_db(transaction=True)),
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     made: Store
     if request.param == "memory":
         made = MemoryStore()
     elif request.param == "sqlite":
         made = SQLiteStore(tmp_path / "s.db")
+    elif request.param == "django":
+        from aerostic_webhooks.django.store import DjangoStore
+
+        made = DjangoStore()
     else:
         from aerostic_webhooks.stores.redis import RedisStore
 
@@ -147,6 +159,26 @@ def test_complete_and_requeue_a_done_record(store: Store) -> None:
     assert kept is not None and kept.status is Status.DONE
     assert store.requeue("a") is True
     assert [r.event_id for r in store.claim("w", limit=1, lease=30)] == ["a"]
+
+
+def test_complete_many_marks_only_what_the_owner_holds(store: Store) -> None:
+    for name in "abcd":
+        store.add(record(name))
+    assert {r.event_id for r in store.claim("w", limit=3, lease=30)} == {"a", "b", "c"}
+    assert store.complete_many("w", ["a", "b", "d", "missing"]) == 2
+    assert store.complete_many("other", ["c"]) == 0
+    assert store.complete_many("w", []) == 0
+    statuses = {name: getattr(store.get(name), "status", None) for name in "abcd"}
+    assert statuses == {
+        "a": Status.DONE,
+        "b": Status.DONE,
+        "c": Status.PROCESSING,
+        "d": Status.PENDING,
+    }
+    done = store.get("a")
+    assert done is not None and done.lease_owner is None and done.attempts == 1
+    assert store.next_due() is not None  # c's lease and d; a and b are never due again
+    assert store.complete_many("w", ["a"]) == 0
 
 
 def test_release_forgets_the_record(store: Store) -> None:

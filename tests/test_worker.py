@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -508,3 +509,115 @@ def test_store_upkeep_runs_while_every_handler_is_busy() -> None:
             assert upkeep.wait(3)
         finally:
             release.set()
+
+
+class CountingStore(MemoryStore):
+    """A real MemoryStore that counts the worker's store calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[int] = []
+        self.completions: list[int] = []
+
+    def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
+        claimed = super().claim(owner, limit=limit, lease=lease)
+        if claimed:
+            self.claims.append(len(claimed))
+        return claimed
+
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        self.completions.append(len(event_ids))
+        return super().complete_many(owner, event_ids)
+
+
+def record_without_processing(webhooks: WebhookReceiver, ids: Sequence[str]) -> None:
+    for data_id in ids:
+        body = sample_body("message.received", id=data_id)
+        webhooks.store.add(
+            Record(f"message.received:{data_id}", "message.received", body, utcnow())
+        )
+
+
+def test_quick_records_are_claimed_and_completed_in_batches() -> None:
+    store = CountingStore()
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=store, concurrency=4) as webhooks:
+        webhooks.on("*")(lambda event: seen.append(event.data.id))
+        ids = [f"m{i}" for i in range(1000)]
+        record_without_processing(webhooks, ids)
+        assert webhooks.drain(30)
+    assert sorted(seen) == sorted(ids)  # each once
+    assert store.counts()[Status.DONE] == 1000
+    # One store call per record would be 1000 of each; quick handlers are taken in batches.
+    assert len(store.claims) < 200, store.claims
+    assert len(store.completions) < 200, store.completions
+    assert max(store.claims) > 1
+
+
+def test_a_slow_record_does_not_hold_back_the_quick_ones_claimed_with_it() -> None:
+    store = CountingStore()
+    release = threading.Event()
+    quick: list[str] = []
+    with WebhookReceiver(SECRET, store=store, concurrency=2) as webhooks:
+
+        @webhooks.on("*")
+        def handler(event: Event) -> None:
+            if event.data.id == "slow":
+                release.wait(10)
+            else:
+                quick.append(event.data.id)
+
+        record_without_processing(webhooks, [f"warm{i}" for i in range(200)])
+        assert webhooks.drain(30)  # handlers are known to be quick: claims are batched
+        del quick[:]
+        record_without_processing(webhooks, ["slow", *(f"q{i}" for i in range(20))])
+        try:
+            webhooks.start()
+            deadline = time.monotonic() + 5
+            while len(quick) < 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # The quick records ran on the other thread, and are marked done, while the
+            # slow one still holds its thread.
+            assert sorted(quick) == sorted(f"q{i}" for i in range(20))
+            deadline = time.monotonic() + 3
+            while store.counts()[Status.DONE] < 220 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert store.counts()[Status.DONE] == 220
+            assert store.counts()[Status.PROCESSING] == 1
+        finally:
+            release.set()
+        assert webhooks.drain(10)
+        assert store.counts()[Status.DONE] == 221
+
+
+def test_close_runs_records_already_claimed_instead_of_leaving_them_leased() -> None:
+    store = CountingStore()
+    started, release = threading.Event(), threading.Event()
+    handled: list[str] = []
+    webhooks = WebhookReceiver(SECRET, store=store, concurrency=1)
+
+    @webhooks.on("*")
+    def handler(event: Event) -> None:
+        if event.data.id == "blocker":
+            started.set()
+            release.wait(10)
+        handled.append(event.data.id)
+
+    try:
+        record_without_processing(webhooks, [f"warm{i}" for i in range(200)])
+        assert webhooks.drain(30)
+        record_without_processing(webhooks, ["blocker", "a", "b", "c"])
+        assert started.wait(5)  # the worker's next poll claimed all four at once
+        assert store.claims[-1] == 4
+        closing = threading.Thread(target=webhooks.close, kwargs={"timeout": 10})
+        closing.start()
+        time.sleep(0.1)  # close() has asked the worker to stop
+        release.set()
+        closing.join(15)
+        assert not closing.is_alive()
+        assert handled[-4:] == ["blocker", "a", "b", "c"]
+        assert store.counts()[Status.DONE] == 204
+        assert store.counts()[Status.PROCESSING] == 0
+    finally:
+        release.set()
+        webhooks.close()

@@ -145,6 +145,16 @@ class DjangoStore:
     def complete(self, event_id: str, owner: str) -> bool:
         return self._finish(event_id, owner, status=Status.DONE.value, due_at=None)
 
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        completed: int = self._held_many(event_ids, owner).update(
+            status=Status.DONE.value,
+            due_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=_to_db(utcnow()),
+        )
+        return completed
+
     def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:
         return self._finish(
             event_id,

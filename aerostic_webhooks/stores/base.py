@@ -86,6 +86,10 @@ class Store(Protocol):
         """Mark a claimed record done."""
         ...
 
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        """Mark the records ``owner`` holds among ``event_ids`` done; return how many."""
+        ...
+
     def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:
         """Put a claimed record back to pending, due at ``at``, keeping ``error``."""
         ...

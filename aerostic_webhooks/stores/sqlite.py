@@ -288,6 +288,17 @@ class SQLiteStore:
     def complete(self, event_id: str, owner: str) -> bool:
         return self._finish(event_id, owner, "status = 'done', due_at = NULL")
 
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        now = time.time()
+        with self._cursor(write=True) as conn:  # one transaction, not one per record
+            cursor = conn.executemany(
+                f"UPDATE {_TABLE} SET status = 'done', due_at = NULL, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = ? "
+                "WHERE event_id = ? AND status = 'processing' AND lease_owner = ?",
+                [(now, event_id, owner) for event_id in event_ids],
+            )
+        return max(cursor.rowcount, 0)
+
     def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:
         return self._finish(
             event_id,
