@@ -14,6 +14,10 @@ go through the same harness and differ only in the application:
 
 - ``bare``: a route of the framework that reads the raw body and answers 200 with
   ``{"received": true}``: the floor for that framework;
+- ``floor``: the bare route plus the least any correct receiver must do, with the standard
+  library: HMAC-SHA256 of the body compared in constant time with the signature header, then
+  ``json.loads``. Its ratio to ``bare`` is the ceiling of the target: no receiver that
+  verifies and parses can keep more of the bare route's rate (not judged);
 - ``adapter``: the library's adapter, mounted as a user mounts it, on
   ``WebhookReceiver(SECRET, store=MemoryStore())``, the default ``process="background"``, with
   one no-op handler (it notes the event's id, for the checks), so the worker runs on threads of
@@ -45,10 +49,13 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import hashlib
+import hmac
 import importlib
 import importlib.metadata
 import importlib.util
 import io
+import json
 import os
 import pstats
 import statistics
@@ -72,6 +79,7 @@ SECRET = "whsec_aerostic_bench_0123456789abcdef"
 EVENT_TYPE = "message.received"
 MOUNT = "/webhooks/aerostic"
 BARE_PATH = "/bare"
+FLOOR_PATH = "/floor"
 ACCEPTED = b'{"received": true}'
 CONTENT_TYPE = "application/json"
 DRAIN_TIMEOUT = 120.0
@@ -79,8 +87,16 @@ DRAIN_TIMEOUT = 120.0
 #: The target: through the adapter, at least this share of the bare route's requests/s.
 TARGET_RATIO = 0.85
 
-Kind = Literal["bare", "adapter", "external"]
-KINDS: tuple[Kind, ...] = ("bare", "adapter", "external")
+Kind = Literal["bare", "floor", "adapter", "external"]
+KINDS: tuple[Kind, ...] = ("bare", "floor", "adapter", "external")
+_FLOOR_KEY = SECRET.encode()
+
+
+def floor_check(body: bytes, signature: str | None) -> None:
+    """The least a correct receiver does: verify the HMAC in constant time, parse the JSON."""
+    expected = "sha256=" + hmac.new(_FLOOR_KEY, body, hashlib.sha256).hexdigest()
+    check(hmac.compare_digest(expected, signature or ""), "floor: signature does not match")
+    json.loads(body)
 
 
 class Skip(Exception):
@@ -393,8 +409,9 @@ class Framework:
     protocol: Literal["wsgi", "asgi"]
     #: The app with the library's adapter on ``receiver`` mounted at ``MOUNT``, as a user does.
     adapter: Callable[[WebhookReceiver], Any]
-    #: The app with a bare route at ``BARE_PATH``: read the raw body, answer 200 and ACCEPTED.
-    bare: Callable[[], Any]
+    #: The app with a bare route at ``BARE_PATH``: read the raw body, answer 200 and ACCEPTED;
+    #: with ``floor=True`` the route also runs ``floor_check`` on the body and signature.
+    bare: Callable[[bool], Any]
     #: What the two routes are, for the table's notes.
     adapter_note: str
     bare_note: str
@@ -423,15 +440,18 @@ def flask_framework() -> Framework:
         app.register_blueprint(adapter_module.webhook_blueprint(receiver), url_prefix=MOUNT)
         return app
 
-    def bare() -> Any:
+    def bare(floor: bool = False) -> Any:
         app = flask.Flask(__name__)
         request, response = flask.request, flask.Response
 
         def bare_view() -> Any:
-            request.get_data()
+            body = request.get_data()
+            if floor:
+                floor_check(body, request.headers.get(SIGNATURE_HEADER))
             return response(ACCEPTED, 200, content_type=CONTENT_TYPE)
 
-        app.add_url_rule(BARE_PATH, view_func=bare_view, methods=["POST"])  # == @app.post
+        path = FLOOR_PATH if floor else BARE_PATH
+        app.add_url_rule(path, view_func=bare_view, methods=["POST"])  # == @app.post
         return app
 
     return Framework(
@@ -458,8 +478,13 @@ def starlette_framework() -> Framework:
         await request.body()
         return responses.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
 
-    def bare() -> Any:
-        route = routing.Route(BARE_PATH, bare_endpoint, methods=["POST"])
+    async def floor_endpoint(request: Any) -> Any:
+        floor_check(await request.body(), request.headers.get(SIGNATURE_HEADER))
+        return responses.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
+
+    def bare(floor: bool = False) -> Any:
+        endpoint = floor_endpoint if floor else bare_endpoint
+        route = routing.Route(FLOOR_PATH if floor else BARE_PATH, endpoint, methods=["POST"])
         return applications.Starlette(routes=[route])
 
     return Framework(
@@ -485,13 +510,19 @@ def fastapi_framework() -> Framework:
         await request.body()
         return fastapi.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
 
+    async def floor_endpoint(request: Any) -> Any:
+        floor_check(await request.body(), request.headers.get(SIGNATURE_HEADER))
+        return fastapi.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
+
     # FastAPI reads the signature to inject the request; this module's string annotations
     # cannot be resolved (fastapi is imported here, not at module level), so give it classes.
-    bare_endpoint.__annotations__ = {"request": fastapi.Request, "return": fastapi.Response}
+    for endpoint in (bare_endpoint, floor_endpoint):
+        endpoint.__annotations__ = {"request": fastapi.Request, "return": fastapi.Response}
 
-    def bare() -> Any:
+    def bare(floor: bool = False) -> Any:
         app = fastapi.FastAPI()
-        app.add_api_route(BARE_PATH, bare_endpoint, methods=["POST"])  # == @app.post
+        endpoint = floor_endpoint if floor else bare_endpoint
+        app.add_api_route(FLOOR_PATH if floor else BARE_PATH, endpoint, methods=["POST"])
         return app
 
     return Framework(
@@ -517,7 +548,9 @@ def django_framework() -> Framework:
             INSTALLED_APPS=["aerostic_webhooks.django"],
             MIDDLEWARE=[],
             DATABASES={},
-            AEROSTIC_WEBHOOKS={"SECRET": SECRET},
+            # The app's own receiver would start a worker on an ORM store with no database:
+            # "external" keeps it idle; the rows use their own MemoryStore receivers.
+            AEROSTIC_WEBHOOKS={"SECRET": SECRET, "WORKER": "external"},
         )
         django.setup()
     http = importlib.import_module("django.http")
@@ -536,21 +569,29 @@ def django_framework() -> Framework:
         request.body  # noqa: B018 (reading the body is the point)
         return http.HttpResponse(ACCEPTED, status=200, content_type=CONTENT_TYPE)
 
+    def floor_view(request: Any) -> Any:
+        floor_check(request.body, request.headers.get(SIGNATURE_HEADER))
+        return http.HttpResponse(ACCEPTED, status=200, content_type=CONTENT_TYPE)
+
     global urlpatterns  # noqa: PLW0603 (this module is the benchmark's URLconf)
     urlpatterns = [
         urls.path(MOUNT.lstrip("/"), BenchView.as_view()),
         urls.path(BARE_PATH.lstrip("/"), bare_view),
+        urls.path(FLOOR_PATH.lstrip("/"), floor_view),
     ]
 
     def adapter(receiver: WebhookReceiver) -> Any:
         current["receiver"] = receiver
         return wsgi.WSGIHandler()
 
+    def django_app(floor: bool = False) -> Any:
+        return wsgi.WSGIHandler()  # one URLconf holds the bare and the floor route
+
     return Framework(
         "django",
         "wsgi",
         adapter,
-        wsgi.WSGIHandler,
+        django_app,
         "AerosticWebhookView (get_receiver() -> the row's receiver), no middleware",
         "def view(request): request.body; HttpResponse(b'{\"received\": true}'), no middleware",
     )
@@ -655,8 +696,9 @@ def run_row(row: Row, w: Workload, profiler: cProfile.Profile | None = None) -> 
     receiver: WebhookReceiver | None = None
     processed: int | None = None
     recorder = Recorder()
-    if kind == "bare":
-        app, path = fw.bare(), BARE_PATH
+    if kind in ("bare", "floor"):
+        app = fw.bare(kind == "floor")
+        path = FLOOR_PATH if kind == "floor" else BARE_PATH
     else:
         process: Literal["background", "external"] = (
             "background" if kind == "adapter" else "external"
@@ -784,6 +826,7 @@ def print_table(rows: Sequence[Row], number: int, repeat: int) -> None:
         harness = next(row.harness for row in rows if row.framework.name == name)
         print(f"  {name}: {harness.name}")
         print(f"    bare:     {fw.bare_note}")
+        print("    floor:    the bare route + stdlib HMAC-SHA256, compare_digest, json.loads")
         print(f"    adapter:  {fw.adapter_note};")
         print("              WebhookReceiver(SECRET, store=MemoryStore()), process='background',")
         print("              one no-op handler: the worker runs in this process during the loop")
@@ -795,13 +838,14 @@ def print_verdicts(rows: Sequence[Row]) -> list[bool]:
     print(
         f"-- target: through the adapter (background receiver), at least {TARGET_RATIO:.0%} of "
         "the bare route's requests/s\n   (verdict on the best rates; for reference: the ratio "
-        "of the medians, the median of the\n   per-repeat ratios (paired), and the external row)"
+        "of the medians, the median of the\n   per-repeat ratios (paired), the external row, "
+        "and the floor row:\n   the most any receiver that verifies and parses could keep)"
     )
     by_key = {(row.framework.name, row.kind): row for row in rows}
     results: list[bool] = []
     for name in dict.fromkeys(row.framework.name for row in rows):
         bare = by_key[(name, "bare")]
-        for kind in ("adapter", "external"):
+        for kind in ("adapter", "external", "floor"):
             row = by_key[(name, kind)]
             best = row.best / bare.best
             median = row.median / bare.median
@@ -813,6 +857,8 @@ def print_verdicts(rows: Sequence[Row]) -> list[bool]:
                 ok = best >= TARGET_RATIO
                 results.append(ok)
                 verdict = f"target >= {TARGET_RATIO:.2f}  {'PASS' if ok else 'FAIL'}"
+            elif kind == "floor":
+                verdict = "(the ceiling: stdlib verify + parse)"
             else:
                 verdict = "(for reference, not judged)"
             print(
