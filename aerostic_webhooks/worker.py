@@ -147,6 +147,11 @@ class Worker:
         self._claim_lock = threading.Lock()
         self._claiming = 0
         self._draining = 0
+        # Every wake() counts here. When a claim came back short, _looked keeps the count as
+        # it was before that claim: until it moves (or a wait runs out), the store has nothing
+        # due for us, and going idle costs no empty claim.
+        self._wakes = 0
+        self._looked: int | None = None
         # Handled records not yet marked done in the store, from any thread; see _complete.
         self._done: list[Record] = []
         # Seconds a record takes to run and settle, a moving average; pessimistic at first.
@@ -200,6 +205,7 @@ class Worker:
         Busy threads look for more work before they go idle, and one token at a time is out,
         so under load this costs the request two attribute reads, not a thread switch.
         """
+        self._wakes += 1
         if self._idle and not self._token_out:
             self._token_out = True
             self._tokens.put(True)
@@ -265,7 +271,7 @@ class Worker:
                     # switch for the burst instead of one per delivery.
                     stopped.wait(self._coalesce)
                 except queue.Empty:
-                    pass
+                    self._looked = None  # a retry or another process's record may be due
                 self._token_out = False
             finally:
                 with self._changed:
@@ -287,7 +293,11 @@ class Worker:
                 record = ready.popleft()
             except IndexError:
                 record = None
-                if not stopped.is_set() and self._claim_lock.acquire(blocking=False):
+                if (
+                    not stopped.is_set()
+                    and self._looked != self._wakes
+                    and self._claim_lock.acquire(blocking=False)
+                ):
                     try:
                         records = self._claim(stopped)
                     finally:
@@ -321,11 +331,14 @@ class Worker:
         with self._changed:
             self._claiming += 1
         records: list[Record] = []
+        wakes, self._looked = self._wakes, None
         try:
             owner = f"{self.owner}:{next(self._claims)}"
             per_thread = int(_CLAIM_BUDGET / max(self._run_seconds, 1e-6)) or 1
             limit = min((min(self._idle, self._concurrency - 1) + 1) * per_thread, _MAX_CLAIM)
             records = self.store.claim(owner, limit=limit, lease=self._lease)
+            if len(records) < limit:
+                self._looked = wakes
         except Exception:
             logger.warning("could not claim work from the store; trying again", exc_info=True)
             stopped.wait(self._poll_interval)

@@ -517,12 +517,15 @@ class CountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.claims: list[int] = []
+        self.empty_claims = 0
         self.completions: list[int] = []
 
     def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
         claimed = super().claim(owner, limit=limit, lease=lease)
         if claimed:
             self.claims.append(len(claimed))
+        else:
+            self.empty_claims += 1
         return claimed
 
     def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
@@ -621,3 +624,20 @@ def test_close_runs_records_already_claimed_instead_of_leaving_them_leased() -> 
     finally:
         release.set()
         webhooks.close()
+
+
+def test_an_idle_worker_does_not_ask_the_store_again_until_something_is_recorded() -> None:
+    store = CountingStore()
+    with WebhookReceiver(SECRET, store=store, concurrency=1) as webhooks:
+        webhooks.on("*")(lambda event: None)
+        deliver(webhooks, id="first")
+        assert webhooks.drain(5)
+        before = store.empty_claims
+        for n in range(20):
+            deliver(webhooks, id=f"m{n}")
+            assert webhooks.drain(5)
+        # One claim that comes back short per delivery at most (it tells the worker that
+        # nothing else is due); going idle costs no further store call. A poll of the store
+        # (once a second) may add one.
+        assert store.empty_claims - before <= 22
+        assert store.counts()[Status.DONE] == 21
