@@ -38,6 +38,8 @@ _MAX_CLAIM = 64
 # never have to do it, whatever the handlers are doing.
 _MAINTAIN_INTERVAL = 1.0
 
+_FORK_LOCK = threading.Lock()
+
 #: Runs the handlers of one record; returns ``None`` on success, else the error to keep.
 Process = Callable[[Record], "str | None"]
 
@@ -169,9 +171,13 @@ class Worker:
         """Start the threads; safe to call often and from several threads."""
         if self.running:
             return
+        if self._pid != os.getpid():
+            # Forked: the parent's threads are gone, and its lock may have been held by one.
+            with _FORK_LOCK:
+                if self._pid != os.getpid():
+                    self._lock = threading.Lock()
+                    self._reset()
         with self._lock:
-            if self._pid != os.getpid():
-                self._reset()
             if self._threads:
                 return
             # Each start gets its own queue, stop flag and claimed records: threads of an
@@ -237,9 +243,12 @@ class Worker:
         A handler still running after ``timeout`` keeps its record leased; once the lease
         ends, the next worker takes the record up again.
         """
+        if self._pid != os.getpid():
+            self._threads = []  # the parent's; a forked child has none to stop
+            return
         with self._lock:
             threads, self._threads = self._threads, []
-            if not threads or self._pid != os.getpid():
+            if not threads:
                 return
             self._stopped.set()
             for _ in range(self._concurrency):

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -337,3 +337,57 @@ def test_sigkill_mid_run_loses_nothing_and_repeats_nothing_done(
     counts = store.counts()
     assert counts[Status.PENDING] == counts[Status.PROCESSING] == 0
     store.close()
+
+
+def _in_child(body: Callable[[], None], timeout: float = 20.0) -> int:
+    """Fork, run ``body`` in the child (exit 0 if it returns, 1 if it raises); the exit code,
+    or -1 if the child had not finished after ``timeout`` seconds (then it is killed)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            body()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+# Python 3.12+ warns about forking a process with threads: that is the case under test.
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_forked_child_records_and_processes_although_the_parent_was_busy(
+    tmp_path: Path,
+) -> None:
+    # A gunicorn master with --preload may fork while its own worker threads are inside the
+    # store: the child must not inherit a lock that nobody will ever release.
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    webhooks = WebhookReceiver(SECRET, store=store)
+    webhooks.on("*")(lambda event: None)
+    webhooks.start()
+    held = [store._intake._lock, store._work._lock, webhooks._worker._lock]
+    for lock in held:
+        lock.acquire()
+    try:
+
+        def child() -> None:
+            body = sample_body("message.received", id="from-the-child")
+            receipt = webhooks.receive(body, {"X-Aerostic-Signature": sign(body, SECRET)})
+            assert webhooks.drain(10)
+            kept = store.get(receipt.event_id)
+            assert kept is not None and kept.status is Status.DONE
+            webhooks.close()
+
+        assert _in_child(child) == 0
+    finally:
+        for lock in held:
+            lock.release()
+        webhooks.close()

@@ -59,6 +59,9 @@ def _dt(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, timezone.utc)
 
 
+_FORK_LOCK = threading.Lock()
+
+
 class _Connection:
     """One SQLite connection shared by threads under a lock, reopened after a fork."""
 
@@ -70,10 +73,9 @@ class _Connection:
 
     @contextmanager
     def use(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        if self._pid != os.getpid():
+            self._forked()
         with self._lock:
-            if self._pid != os.getpid():  # forked: the parent's connection is not ours
-                self._pid = os.getpid()
-                self._conn = self._connect()
             conn = self._conn
             if not write:
                 yield conn
@@ -86,6 +88,15 @@ class _Connection:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's connection is not ours, and its lock may have been
+        held by a thread of the parent at the fork, which would keep it held here forever."""
+        with _FORK_LOCK:
+            if self._pid != os.getpid():
+                self._lock = threading.Lock()
+                self._conn = self._connect()
+                self._pid = os.getpid()
 
     def close(self) -> None:
         with self._lock:
