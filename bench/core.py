@@ -45,6 +45,7 @@ from aerostic_webhooks.testing import sample_body, signed_request
 SECRET = "whsec_aerostic_bench_0123456789abcdef"
 KEY = SECRET.encode()
 STRIPE_SECRET = "whsec_stripe_bench_0123456789abcdef"
+SLACK_SECRET = "slack_bench_signing_secret_0123456789"
 STRIPE_TOLERANCE = 300
 STANDARD_KEY = bytes(range(32))
 STANDARD_SECRET = "whsec_" + base64.b64encode(STANDARD_KEY).decode()
@@ -381,7 +382,77 @@ def peer_rows(w: Workload, skipped: list[str]) -> list[Row]:
                 "verify() json.loads the body itself (json_parse=True, the default)",
             )
         )
+    rows.extend(svix_rows(w, skipped))
+    rows.extend(slack_rows(w, skipped))
     return rows
+
+
+def svix_rows(w: Workload, skipped: list[str]) -> list[Row]:
+    """svix's verifier: the Standard Webhooks scheme under ``svix-*`` header names."""
+    webhooks = optional_module("svix.webhooks")
+    if webhooks is None:
+        skipped.append("svix: not installed (pip install svix); row skipped")
+        return []
+    webhook = webhooks.Webhook(STANDARD_SECRET)  # built once, as an application would
+
+    def headers(body: bytes, msg_id: str, timestamp: int) -> dict[str, str]:
+        standard = standard_headers(body, msg_id, timestamp)
+        return {name.replace("webhook-", "svix-"): value for name, value in standard.items()}
+
+    def call(body: bytes, request_headers: dict[str, str]) -> object:
+        webhook.verify(body, request_headers)  # raises if it does not verify; returns None
+        return json.loads(body)
+
+    def batch() -> Batch:
+        now = int(time.time())
+        return Batch(
+            call, [(body, headers(body, f"msg_{i:08d}", now)) for i, body in enumerate(w.bodies)]
+        )
+
+    body = w.bodies[0]
+    check(call(body, headers(body, "msg_check", int(time.time()))) == json.loads(body), "svix")
+    return [
+        Row(
+            "svix",
+            "svix: Webhook.verify + json.loads",
+            batch,
+            "svix 2.x verify() checks only (Standard Webhooks' verify with json_parse=False)",
+        )
+    ]
+
+
+def slack_rows(w: Workload, skipped: list[str]) -> list[Row]:
+    """slack-sdk's verifier (``v0=`` hex HMAC of ``"v0:<ts>:<body>"``), then ``json.loads``."""
+    signature = optional_module("slack_sdk.signature")
+    if signature is None:
+        skipped.append("slack-sdk: not installed (pip install slack-sdk); row skipped")
+        return []
+    verifier = signature.SignatureVerifier(SLACK_SECRET)
+
+    def headers(body: bytes, timestamp: int) -> dict[str, str]:
+        signed = f"v0:{timestamp}:".encode() + body
+        digest = hmac.new(SLACK_SECRET.encode(), signed, hashlib.sha256).hexdigest()
+        return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": f"v0={digest}"}
+
+    def call(body: bytes, request_headers: dict[str, str]) -> object:
+        if not verifier.is_valid_request(body, request_headers):
+            raise ValueError("slack signature does not verify")
+        return json.loads(body)
+
+    def batch() -> Batch:
+        now = int(time.time())
+        return Batch(call, [(body, headers(body, now)) for body in w.bodies])
+
+    body = w.bodies[0]
+    check(call(body, headers(body, int(time.time()))) == json.loads(body), "slack-sdk row")
+    return [
+        Row(
+            "slack",
+            "slack-sdk: SignatureVerifier.is_valid_request + json.loads",
+            batch,
+            "is_valid_request() lower-cases the headers, checks the timestamp, hex HMAC",
+        )
+    ]
 
 
 def all_rows(w: Workload, skipped: list[str]) -> list[Row]:
@@ -473,6 +544,13 @@ def verdicts(w: Workload, by_key: dict[str, Row]) -> list[bool]:
         f"   {'receive() / floor':<30}best {ratio_best:5.2f}x  median {ratio_median:5.2f}x  "
         f"target <= {FLOOR_TARGET:.1f}x  {'PASS' if ok else 'FAIL'}"
     )
+    for key in ("svix", "slack"):
+        peer = by_key.get(key)
+        if peer is not None:
+            print(
+                f"   {key + ' / receive()':<30}best {peer.best / receive.best:5.2f}x  median "
+                f"{peer.median / receive.median:5.2f}x  (for reference: verify + parse only)"
+            )
     for key in ("stripe", "standardwebhooks"):
         peer = by_key.get(key)
         if peer is None:
@@ -494,6 +572,8 @@ def print_environment(args: argparse.Namespace) -> None:
     print(f"pydantic:    {pydantic.VERSION} (pydantic-core {pydantic_core.__version__})")
     print(f"stripe:      {version_of('stripe')}")
     print(f"standardwh:  {version_of('standardwebhooks')}")
+    print(f"svix:        {version_of('svix')}")
+    print(f"slack-sdk:   {version_of('slack-sdk')}")
     print_machine()
     print(f"settings:    number={args.number} repeat={args.repeat} sizes={','.join(args.sizes)}")
     print("timer:       time.perf_counter_ns around each batch; gc enabled, collected before")
