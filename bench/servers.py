@@ -6,8 +6,8 @@ Run from the repository root (see ``bench/README.md``)::
     python bench/servers.py --duration 2 --frameworks flask
 
 Each framework is served in a subprocess on a free 127.0.0.1 port, the way it is deployed:
-Flask by gunicorn (sync workers, ``-w 2``), Starlette and FastAPI by uvicorn (1 worker). One
-application holds both routes:
+Flask and Django (WSGI) by gunicorn (sync workers, ``-w 2``), Starlette, FastAPI and Django
+(ASGI, the async view) by uvicorn (1 worker). One application holds both routes:
 
 - ``/webhooks/aerostic``: the library's adapter on ``WebhookReceiver(SECRET,
   store=SQLiteStore(<temporary file>))``, default ``process="background"``, with one handler:
@@ -141,17 +141,78 @@ def fastapi_app() -> Any:
     return app
 
 
+urlpatterns: list[Any] = []  # Django's URLconf (ROOT_URLCONF is this module), set by _django
+
+
+def _django(asynchronous: bool) -> None:
+    """Configure Django in the server: the app's view on ``_receiver()`` and a bare view, with
+    the middleware a new project has that needs no database (the same for both routes)."""
+    conf = importlib.import_module("django.conf")
+    conf.settings.configure(
+        DEBUG=False,
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF="servers",
+        INSTALLED_APPS=["aerostic_webhooks.django"],
+        MIDDLEWARE=[
+            "django.middleware.security.SecurityMiddleware",
+            "django.middleware.common.CommonMiddleware",
+            "django.middleware.csrf.CsrfViewMiddleware",
+            "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        ],
+        DATABASES={},
+        # The app's own receiver (ORM store) stays idle: the route uses _receiver().
+        AEROSTIC_WEBHOOKS={"SECRET": SECRET, "WORKER": "external"},
+    )
+    importlib.import_module("django").setup()
+    http = importlib.import_module("django.http")
+    urls = importlib.import_module("django.urls")
+    csrf = importlib.import_module("django.views.decorators.csrf")
+    methods = importlib.import_module("django.views.decorators.http")
+    views = importlib.import_module("aerostic_webhooks.django.views")
+    receiver = _receiver()
+    base = views.AsyncAerosticWebhookView if asynchronous else views.AerosticWebhookView
+
+    class View(base):  # type: ignore[misc,valid-type]
+        def get_receiver(self) -> Any:
+            return receiver
+
+    def bare(request: Any) -> Any:
+        request.body  # noqa: B018 (reading the body is the point)
+        return http.HttpResponse(ACCEPTED, status=200, content_type=CONTENT_TYPE)
+
+    async def async_bare(request: Any) -> Any:
+        return bare(request)  # the body is already read in full by Django's ASGI handler
+
+    view = async_bare if asynchronous else bare
+    urlpatterns[:] = [
+        urls.path(MOUNT.lstrip("/") + "/", View.as_view()),
+        urls.path(BARE_PATH.lstrip("/"), csrf.csrf_exempt(methods.require_POST(view))),
+    ]
+
+
+def django_app() -> Any:
+    """gunicorn 'servers:django_app()'"""
+    _django(asynchronous=False)
+    return importlib.import_module("django.core.wsgi").get_wsgi_application()
+
+
+def django_asgi_app() -> Any:
+    """uvicorn --factory servers:django_asgi_app"""
+    _django(asynchronous=True)
+    return importlib.import_module("django.core.asgi").get_asgi_application()
+
+
 def server_command(framework: str, port: int) -> list[str]:
     bind = f"127.0.0.1:{port}"
-    if framework == "flask":
+    if framework in ("flask", "django"):
         return [
             str(VENV_BIN / "gunicorn"),
             *("-k", "sync", "-w", "2", "-b", bind, "--log-level", "warning"),
-            "servers:flask_app()",
+            f"servers:{framework}_app()",
         ]
     return [
         str(VENV_BIN / "uvicorn"),
-        *("--factory", f"servers:{framework}_app", "--workers", "1"),
+        *("--factory", f"servers:{framework.replace('-', '_')}_app", "--workers", "1"),
         *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
         "--no-access-log",
     ]
@@ -159,9 +220,14 @@ def server_command(framework: str, port: int) -> list[str]:
 
 SERVER_NOTES = {
     "flask": "gunicorn -k sync -w 2 'servers:flask_app()'",
+    "django": "gunicorn -k sync -w 2 'servers:django_app()' (AerosticWebhookView)",
+    "django-asgi": "uvicorn --factory servers:django_asgi_app --workers 1 (async view)",
     "starlette": "uvicorn --factory servers:starlette_app --workers 1",
     "fastapi": "uvicorn --factory servers:fastapi_app --workers 1",
 }
+
+#: Where each server answers the adapter: Django's URLconf has the documented trailing slash.
+MOUNTS = {"django": MOUNT + "/", "django-asgi": MOUNT + "/"}
 
 # -- load generation: wrk and a Lua script over pre-signed bodies ---------------------------
 
@@ -357,10 +423,11 @@ def run_server(
         # Untimed warm-up of both routes (first requests, worker threads, SQLite file).
         warm = work / "warm.txt"
         write_bodies(warm, f"warm_{framework}_{handler}", 2000)
-        for path in (BARE_PATH, MOUNT):
+        mount = MOUNTS.get(framework, MOUNT)
+        for path in (BARE_PATH, mount):
             run_wrk(port, path, warm, 4, 1)
         for concurrency in concurrencies:
-            for route, path in (("bare", BARE_PATH), ("adapter", MOUNT)):
+            for route, path in (("bare", BARE_PATH), ("adapter", mount)):
                 bodies = work / "bodies.txt"
                 prefix = f"{framework}_{handler}_{route}_{concurrency}"
                 write_bodies(bodies, prefix, bodies_per_cell)
@@ -393,7 +460,7 @@ def run_server(
 
 def print_environment(args: argparse.Namespace) -> None:
     print_run()
-    names = ("flask", "werkzeug", "starlette", "fastapi", "gunicorn", "uvicorn")
+    names = ("flask", "werkzeug", "django", "starlette", "fastapi", "gunicorn", "uvicorn")
     print(f"packages:    {', '.join(f'{n} {version_of(n)}' for n in names)}")
     wrk = subprocess.run(["wrk", "--version"], check=False, capture_output=True, text=True)
     print(f"load:        {(wrk.stdout or wrk.stderr).splitlines()[0].strip()}")
