@@ -9,6 +9,14 @@ For each adapter a web process only records, and a separate worker process handl
   receiver with ``process="external"`` and a SQLite inbox. The worker is
   ``python -m aerostic_webhooks worker`` (lease 1 s, 4 handler threads); its ``"*"`` handler
   sleeps 5 ms and appends ``pid event_id`` to a counter file, outside the store under test.
+- ``django-gunicorn``, ``django-uvicorn``: ``examples/django_project`` through a settings
+  module written into the test's directory, with ``AEROSTIC_WEBHOOKS["WORKER"] = "external"``:
+  the web processes record into the Django ORM store (a SQLite file migrated before the server
+  starts), served by gunicorn gthread (``config.wsgi``, the sync view) or uvicorn
+  (``config.asgi``, with the URL routed to ``AsyncAerosticWebhookView``). The worker is
+  ``manage.py aerostic_webhooks_worker`` (the app's default lease, 30 s), and one more app's
+  ``webhook_received`` receiver sleeps 5 ms and appends ``pid event_id`` to the counter file.
+  The inbox is read with sqlite3 from the model's table, as an operator would.
 
 A few client threads deliver N events (400 here, the CI run): 10% are redeliveries of earlier
 events, 5% are forged (signed with a wrong secret, each with a data id of its own). At about
@@ -32,6 +40,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -50,6 +59,7 @@ from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
 from . import servers as server_helpers
 
 ROOT = Path(__file__).resolve().parent.parent
+PROJECT = ROOT / "examples" / "django_project"
 SECRET = "whsec_soak_test"
 FORGED_SECRET = "whsec_guessed"
 DELIVERIES = int(os.environ.get("AEROSTIC_SOAK_DELIVERIES") or 400)
@@ -58,6 +68,7 @@ DUPLICATES = 0.10
 FORGED = 0.05
 KILLS = 2
 HANDLER_SECONDS = 0.005
+DJANGO_TABLE = "aerostic_webhooks_webhookevent"
 WORKER_COMMAND = [sys.executable, "-m", "aerostic_webhooks", "worker"]
 
 # The web process: the example's create_app() around a receiver that only records.
@@ -88,6 +99,44 @@ def count(event):
     os.write(counter, f"{{os.getpid()}} {{current_event_id()}}\\n".encode())
 """
 
+# The Django example's settings, its worker external, plus an app whose receiver counts runs.
+DJANGO_SETTINGS = """
+from config.settings import *  # noqa: F403
+
+AEROSTIC_WEBHOOKS = {{"SECRET": {secret!r}, "WORKER": "external"}}
+INSTALLED_APPS = [*INSTALLED_APPS, "soak_counter"]  # noqa: F405
+ROOT_URLCONF = {urlconf!r}
+"""
+# The example's URL, served by the async view (for the ASGI server).
+DJANGO_ASYNC_URLS = """
+from django.urls import path
+
+from aerostic_webhooks.django.views import AsyncAerosticWebhookView
+
+urlpatterns = [path("webhooks/aerostic/", AsyncAerosticWebhookView.as_view())]
+"""
+DJANGO_COUNTER_APP = """
+import os
+import time
+
+from django.apps import AppConfig
+
+
+class SoakCounterConfig(AppConfig):
+    name = "soak_counter"
+
+    def ready(self):
+        from aerostic_webhooks.django.signals import webhook_received
+
+        counter = os.open({counter!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+        def count(sender, event, event_id, **kwargs):
+            time.sleep({seconds!r})
+            os.write(counter, f"{{os.getpid()}} {{event_id}}\\n".encode())
+
+        webhook_received.connect(count, weak=False, dispatch_uid="soak_counter")
+"""
+
 
 class Inbox(Protocol):
     """The records as the test reads them, from outside the processes under test."""
@@ -113,6 +162,27 @@ class SQLiteInbox:
 
     def close(self) -> None:
         self.store.close()
+
+
+class DjangoInbox:
+    """The Django store's table in its SQLite file, read with sqlite3."""
+
+    def __init__(self, path: Path) -> None:
+        self.connection = sqlite3.connect(path, timeout=30)
+
+    def counts(self) -> dict[Status, int]:
+        counts = dict.fromkeys(Status, 0)
+        query = f"SELECT status, count(*) FROM {DJANGO_TABLE} GROUP BY status"
+        for status, count in self.connection.execute(query):
+            counts[Status(status)] = count
+        return counts
+
+    def statuses(self) -> dict[str, Status]:
+        query = f"SELECT event_id, status FROM {DJANGO_TABLE}"
+        return {event_id: Status(status) for event_id, status in self.connection.execute(query)}
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,10 +250,63 @@ def example_app(module: str, framework: str, server: str) -> Callable[[Path, int
     return serve
 
 
+def django_project(server: str) -> Callable[[Path, int], Served]:
+    """``examples/django_project`` recording only, and ``manage.py aerostic_webhooks_worker``."""
+
+    def serve(directory: Path, port: int) -> Served:
+        pytest.importorskip("django", reason="Django is not installed: pip install -e '.[django]'")
+        urlconf = "config.urls" if server == "gunicorn" else "soak_async_urls"
+        (directory / "soak_settings.py").write_text(
+            DJANGO_SETTINGS.format(secret=SECRET, urlconf=urlconf)
+        )
+        (directory / "soak_async_urls.py").write_text(DJANGO_ASYNC_URLS)
+        (directory / "soak_counter").mkdir()
+        (directory / "soak_counter" / "__init__.py").write_text("")
+        (directory / "soak_counter" / "apps.py").write_text(
+            DJANGO_COUNTER_APP.format(
+                counter=str(directory / "handled.txt"), seconds=HANDLER_SECONDS
+            )
+        )
+        database = directory / "db.sqlite3"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(directory), str(PROJECT), str(ROOT)]),
+            "DJANGO_SETTINGS_MODULE": "soak_settings",  # pytest-django set the tests' own
+            "DJANGO_DB_PATH": str(database),
+        }
+        manage = [sys.executable, str(PROJECT / "manage.py")]
+        migrated = subprocess.run(
+            [*manage, "migrate", "--no-input"],
+            env=env,
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        if server == "gunicorn":
+            web = gunicorn_command("config.wsgi:application", port)
+        else:  # Django has no lifespan: without --lifespan off uvicorn logs that it failed
+            web = [*uvicorn_command("config.asgi:application", port), "--lifespan", "off"]
+        return Served(
+            web=web,
+            worker=[*manage, "aerostic_webhooks_worker"],
+            env=env,
+            url="/webhooks/aerostic/",
+            lease=30.0,
+            inbox=lambda: DjangoInbox(database),
+        )
+
+    return serve
+
+
 ADAPTERS: dict[str, Callable[[Path, int], Served]] = {
     "flask-gunicorn": example_app("flask_app", "flask", "gunicorn"),
     "fastapi-uvicorn": example_app("fastapi_app", "fastapi", "uvicorn"),
     "starlette-uvicorn": example_app("starlette_app", "starlette", "uvicorn"),
+    "django-gunicorn": django_project("gunicorn"),
+    "django-uvicorn": django_project("uvicorn"),
 }
 
 
