@@ -1,6 +1,7 @@
 """A Starlette app receiving Aerostic webhooks.
 
 Set ``AEROSTIC_WEBHOOK_SECRET``, then ``uvicorn --app-dir examples starlette_app:app``.
+``create_app(receiver)`` builds the app around another receiver.
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ def on_contact(event: ContactCreated) -> None:
     logger.info("contact %s created", event.data.id)
 
 
-@asynccontextmanager
-async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    # The worker starts with the app and is drained when it stops; your own start-up and
-    # shutdown go around the yield.
-    async with webhook_lifespan(webhooks)(app):
-        yield
+def create_app(receiver: WebhookReceiver = webhooks) -> Starlette:
+    """The app: the webhook endpoint at /webhooks/aerostic, its worker run by the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The worker starts with the app and is drained when it stops; your own start-up
+        # and shutdown go around the yield.
+        async with webhook_lifespan(receiver)(app):
+            yield
+
+    return Starlette(routes=[webhook_route("/webhooks/aerostic", receiver)], lifespan=lifespan)
 
 
-app = Starlette(routes=[webhook_route("/webhooks/aerostic", webhooks)], lifespan=lifespan)
+app = create_app()
