@@ -148,6 +148,10 @@ def test_a_misconfigured_app_answers_503_and_the_check_reports_it(
         ({"SECRET": "s", "MAX_BODY_BYTES": 0}, "aerostic_webhooks.E002"),
         ({"SECRET": "s", "RETENTION": -1}, "aerostic_webhooks.E003"),
         ({"SECRET": "s", "WORKER": "celery"}, "aerostic_webhooks.E004"),
+        ({"SECRET": "s", "CONCURRENCY": 0}, "aerostic_webhooks.E005"),
+        ({"SECRET": "s", "CONCURRENCY": "4"}, "aerostic_webhooks.E005"),
+        ({"SECRET": "s", "LEASE_SECONDS": 0}, "aerostic_webhooks.E006"),
+        ({"SECRET": "s", "LEASE_SECONDS": True}, "aerostic_webhooks.E006"),
     ],
 )
 def test_system_checks(settings: Any, value: dict[str, Any], code: str) -> None:

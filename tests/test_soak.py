@@ -10,11 +10,12 @@ For each adapter a web process only records, and a separate worker process handl
   ``python -m aerostic_webhooks worker`` (lease 1 s, 4 handler threads); its ``"*"`` handler
   sleeps 5 ms and appends ``pid event_id`` to a counter file, outside the store under test.
 - ``django-gunicorn``, ``django-uvicorn``: ``examples/django_project`` through a settings
-  module written into the test's directory, with ``AEROSTIC_WEBHOOKS["WORKER"] = "external"``:
+  module written into the test's directory, with ``AEROSTIC_WEBHOOKS["WORKER"] = "external"``
+  and ``"LEASE_SECONDS": 1``:
   the web processes record into the Django ORM store (a SQLite file migrated before the server
   starts), served by gunicorn gthread (``config.wsgi``, the sync view) or uvicorn
   (``config.asgi``, with the URL routed to ``AsyncAerosticWebhookView``). The worker is
-  ``manage.py aerostic_webhooks_worker`` (the app's default lease, 30 s), and one more app's
+  ``manage.py aerostic_webhooks_worker`` (lease 1 s, 4 handler threads), and one more app's
   ``webhook_received`` receiver sleeps 5 ms and appends ``pid event_id`` to the counter file.
   The inbox is read with sqlite3 from the model's table, as an operator would.
 
@@ -103,7 +104,7 @@ def count(event):
 DJANGO_SETTINGS = """
 from config.settings import *  # noqa: F403
 
-AEROSTIC_WEBHOOKS = {{"SECRET": {secret!r}, "WORKER": "external"}}
+AEROSTIC_WEBHOOKS = {{"SECRET": {secret!r}, "WORKER": "external", "LEASE_SECONDS": 1}}
 INSTALLED_APPS = [*INSTALLED_APPS, "soak_counter"]  # noqa: F405
 ROOT_URLCONF = {urlconf!r}
 """
@@ -294,7 +295,7 @@ def django_project(server: str) -> Callable[[Path, int], Served]:
             worker=[*manage, "aerostic_webhooks_worker"],
             env=env,
             url="/webhooks/aerostic/",
-            lease=30.0,
+            lease=1.0,
             inbox=lambda: DjangoInbox(database),
         )
 

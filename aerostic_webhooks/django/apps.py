@@ -93,6 +93,8 @@ class AerosticWebhooksConfig(AppConfig):
             process="background" if configured.worker == "thread" else "external",
             max_body_bytes=configured.max_body_bytes,
             retention=configured.retention,
+            concurrency=configured.concurrency,
+            lease_seconds=configured.lease_seconds,
             worker_context=request_cycle,
         )
         receiver.on("*")(_send_signals)

@@ -23,6 +23,8 @@ class WebhookSettings:
     max_body_bytes: int
     retention: timedelta
     worker: Literal["thread", "external"]
+    concurrency: int
+    lease_seconds: float
     database: str
     problems: tuple[tuple[str, str], ...]
 
@@ -55,11 +57,25 @@ def webhook_settings() -> WebhookSettings:
             ("E004", f"{SETTING}['WORKER'] must be 'thread' or 'external', not {worker!r}")
         )
         worker = "thread"
+    concurrency = raw.get("CONCURRENCY", 4)
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        problems.append(("E005", f"{SETTING}['CONCURRENCY'] must be a positive integer"))
+        concurrency = 4
+    lease_seconds = raw.get("LEASE_SECONDS", 30.0)
+    if (
+        not isinstance(lease_seconds, (int, float))
+        or isinstance(lease_seconds, bool)
+        or lease_seconds <= 0
+    ):
+        problems.append(("E006", f"{SETTING}['LEASE_SECONDS'] must be a positive number"))
+        lease_seconds = 30.0
     return WebhookSettings(
         secrets=tuple(secrets),
         max_body_bytes=max_body_bytes,
         retention=retention,
         worker=worker,
+        concurrency=concurrency,
+        lease_seconds=float(lease_seconds),
         database=str(raw.get("DATABASE", "default")),
         problems=tuple(problems),
     )
