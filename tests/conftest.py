@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,20 @@ import pytest
 from aerostic_webhooks import MemoryStore, WebhookReceiver
 
 SECRET = "whsec_test_secret"
+
+VERSIONED = ("pydantic", "flask", "werkzeug", "django", "starlette", "fastapi", "httpx", "redis")
+
+
+def pytest_report_header() -> str:
+    """The versions under test, so a matrix run's log says what it ran against."""
+    versions = []
+    for name in VERSIONED:
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} absent")
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"aerostic-webhooks against: python {python}, " + ", ".join(versions)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import http.client
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+django = pytest.importorskip("django", reason="Django is not installed: pip install -e '.[django]'")
 
 from aerostic_webhooks import sign
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
@@ -36,6 +39,12 @@ URL = "/webhooks/aerostic/"
 ACCEPTED = (200, b'{"received": true}')
 PHONE = SAMPLE_PAYLOADS["message.received"]["data"]["from"]
 MESSAGE_TEXT = SAMPLE_PAYLOADS["message.received"]["data"]["text"]
+# A claim the worker logs and retries, its traceback up to the error (see the test below).
+RETRIED_CLAIM = re.compile(
+    r"could not claim work from the store; trying again\n"
+    r".*?\ndjango\.db\.utils\.OperationalError: database is locked\n",
+    re.DOTALL,
+)
 
 # The example's settings, plus an app whose receiver sleeps and counts its runs.
 SETTINGS = """
@@ -268,6 +277,11 @@ def test_every_event_is_handled_exactly_once(
     handled = collections.Counter(line.split(" ", 1)[1] for line in server.handled())
     assert handled == expected
     log = server.log.read_text()
+    if django.VERSION < (5, 1):
+        # SQLite takes its write lock up front only from Django 5.1 (the example's
+        # transaction_mode IMMEDIATE): before, two processes' claims can meet "database is
+        # locked", which the worker logs and retries. Those are the only tracebacks allowed.
+        log = RETRIED_CLAIM.sub("", log)
     assert "Traceback" not in log, log
     # The example's receivers log ids, never phone numbers or message text.
     assert f"event {next(iter(expected)).split(' ')[1]}" in log

@@ -91,3 +91,31 @@ def test_core_imports_no_framework_or_optional_dependency_at_module_level() -> N
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in OPTIONAL, f"{relative} imports {name}"
+
+
+def lower_bounds() -> dict[str, str]:
+    """What pyproject.toml states: each ``name>=version`` among the dependencies and extras."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    section = pyproject.split("dependencies = [", 1)[1].split("\n[project.scripts]", 1)[0]
+    bounds: dict[str, str] = {}
+    for name, version in re.findall(r'"([a-z]+)(?:\[[a-z]+\])?>=([0-9.]+)', section):
+        assert bounds.setdefault(name, version) == version, f"two lower bounds for {name}"
+    return bounds
+
+
+def test_the_version_matrix_pins_exactly_the_stated_lower_bounds() -> None:
+    bounds = lower_bounds()
+    noxfile = ast.parse((ROOT / "noxfile.py").read_text())
+    lowest = next(
+        ast.literal_eval(node.value)
+        for node in noxfile.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(target, ast.Name) and target.id == "LOWEST" for target in node.targets)
+    )
+    assert lowest == {name: bounds[name] for name in lowest}
+    assert {"pydantic", "flask", "django", "starlette", "fastapi", "redis"} <= lowest.keys()
+    tox = (ROOT / "tox.ini").read_text()
+    pins = re.findall(r"^\s+(?:deps = )?([a-z]+)==([0-9.]+)$", tox, flags=re.MULTILINE)
+    assert {name for name, _ in pins} >= lowest.keys()
+    for name, version in pins:
+        assert lowest.get(name, version) == version, f"tox.ini pins {name}=={version}"

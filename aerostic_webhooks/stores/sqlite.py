@@ -334,19 +334,23 @@ class SQLiteStore:
             )
         return cursor.rowcount == 1
 
+    # Named placeholders: Python 3.12 deprecates numbered ones (?1) bound from a sequence.
     _REQUEUE = (
-        f"UPDATE {_TABLE} SET status = 'pending', attempts = 0, next_attempt_at = ?1, "
-        "due_at = ?1, updated_at = ?1 WHERE status != 'processing'"
+        f"UPDATE {_TABLE} SET status = 'pending', attempts = 0, next_attempt_at = :now, "
+        "due_at = :now, updated_at = :now WHERE status != 'processing'"
     )
 
     def requeue(self, event_id: str) -> bool:
         with self._cursor() as conn:
-            cursor = conn.execute(self._REQUEUE + " AND event_id = ?2", (time.time(), event_id))
+            cursor = conn.execute(
+                self._REQUEUE + " AND event_id = :event_id",
+                {"now": time.time(), "event_id": event_id},
+            )
         return cursor.rowcount == 1
 
     def requeue_failed(self) -> int:
         with self._cursor() as conn:
-            cursor = conn.execute(self._REQUEUE + " AND status = 'failed'", (time.time(),))
+            cursor = conn.execute(self._REQUEUE + " AND status = 'failed'", {"now": time.time()})
         return cursor.rowcount
 
     def get(self, event_id: str) -> Record | None:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Django's own key (sessions, admin), not the webhook secret. Set it outside development.
@@ -75,16 +77,19 @@ TEMPLATES = [
 
 # One SQLite file shared by every web process and the worker: WAL lets readers and the
 # writer work side by side, IMMEDIATE transactions wait for the write lock (up to `timeout`
-# seconds) instead of failing with "database is locked" halfway through.
+# seconds) instead of failing with "database is locked" halfway through. Django 4.2 and 5.0
+# have neither option (both came in 5.1): there, SQLite runs with its defaults.
+SQLITE_OPTIONS: dict[str, object] = {"timeout": 20}
+if django.VERSION >= (5, 1):
+    SQLITE_OPTIONS |= {
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("DJANGO_DB_PATH", str(BASE_DIR / "db.sqlite3")),
-        "OPTIONS": {
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        },
+        "OPTIONS": SQLITE_OPTIONS,
     }
 }
 
