@@ -256,7 +256,9 @@ def test_the_loop_stays_responsive_while_100_deliveries_and_slow_handlers_run(
         receiver.close()
     assert statuses == [200] * 100
     # SQLite writes, signatures and parsing run off the loop, handlers on their own threads.
-    assert worst_gap < 0.5, f"the event loop stalled for {worst_gap:.3f}s"
+    # On the loop, the ready deliveries' writes would run back to back: a stall of seconds
+    # (5 s for all 100). The bound leaves room for a loaded machine's scheduling, not more.
+    assert worst_gap < 2.0, f"the event loop stalled for {worst_gap:.3f}s"
 
 
 # FastAPI 0.125 (the newest that takes pydantic 2.6) asks isinstance(model, pydantic.v1.BaseModel)

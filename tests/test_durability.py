@@ -304,6 +304,12 @@ def test_sigkill_mid_run_loses_nothing_and_repeats_nothing_done(
         line = victim.stdout.readline()
         assert line, victim.stderr.read().decode() if victim.stderr else "deliverer ended early"
         acked.append(line.decode().strip())
+    # Kill once the worker is busy: with half the events still to deliver and each handler
+    # taking 10 ms, it then holds records until the end. (Killed before its threads started,
+    # it would leave nothing in flight: a loaded machine made that happen.)
+    deadline = time.monotonic() + 30
+    while not _runs(counter) and time.monotonic() < deadline:
+        time.sleep(0.005)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     acked += [line.decode().strip() for line in victim.stdout.read().splitlines()]
