@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
@@ -73,6 +75,7 @@ from .contract import LIMIT, SECRET
 
 _LONG = os.environ.get("AEROSTIC_FUZZ_EXAMPLES")
 EXAMPLES = int(_LONG) if _LONG else 100
+PROGRESS = 1000  # more than the default run checks: CI prints nothing
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -238,12 +241,26 @@ def _observe(request: Request, answer: Answer) -> None:
 
 
 def fuzz_adapter(ledger: Ledger, send: Send) -> None:
-    """Run the hypothesis search against one adapter, then check the whole store once more."""
+    """Run the hypothesis search against one adapter, then check the whole store once more.
+
+    Long runs report progress on stderr (seen with ``-s``) every ``PROGRESS`` requests checked,
+    so that a run stopped early still says exactly how many passed.
+    """
+    start = time.monotonic()
 
     @FUZZ
     @given(requests())
     def fuzz(request: Request) -> None:
         send_and_check(ledger, send, request, _observe)
+        checked = ledger.answers.total()
+        if checked % PROGRESS == 0:
+            elapsed = time.monotonic() - start
+            print(
+                f"fuzz progress: {checked} requests checked in {elapsed:.0f} s"
+                f" ({checked / elapsed:.0f}/s), {len(ledger.accepted)} records",
+                file=sys.stderr,
+                flush=True,
+            )
 
     fuzz()
     ledger.final()
