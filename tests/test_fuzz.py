@@ -28,12 +28,19 @@ Properties, for every example:
   sent with a signature that verifies under the secret and which parses; the store never holds
   more records than distinct accepted events; at the end every record is checked again.
 
-The default run is short (CI). The long run, e.g. 100000 examples per adapter::
+The request model, the checks and the adapters' ``send`` live in ``tests/_fuzzing.py``, shared
+with the atheris (libFuzzer) harness ``tests/fuzz_atheris.py``, which checks the same
+properties on requests decoded from the fuzzer's bytes (see its docstring; not run by pytest).
 
-    AEROSTIC_FUZZ_EXAMPLES=100000 .venv/bin/python -m pytest tests/test_fuzz.py -q
+The default run is short (CI: 100 examples per adapter, a few seconds in all). The long run,
+100000 examples per adapter, one adapter at a time (``-k flask``, ``-k starlette``,
+``-k fastapi``, ``-k "django and memory"``, ``-k "django and app"``)::
 
-(add ``-p no:randomly`` or ``--hypothesis-seed=N`` as usual; ``--hypothesis-show-statistics``
-shows where the time goes).
+    AEROSTIC_FUZZ_EXAMPLES=100000 .venv/bin/python -m pytest tests/test_fuzz.py -q -s -k flask
+
+With ``-s`` a long run prints its progress every 1000 requests (count, rate, records) and, at
+the end, the tally of answers. Add ``--hypothesis-seed=N`` to repeat a run. Rates and results
+of the last long runs: ``bench/README.md``, "Fuzzing".
 """
 
 from __future__ import annotations
