@@ -45,6 +45,7 @@ of the last long runs: ``bench/README.md``, "Fuzzing".
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import sys
@@ -83,6 +84,8 @@ from .contract import LIMIT, SECRET
 _LONG = os.environ.get("AEROSTIC_FUZZ_EXAMPLES")
 EXAMPLES = int(_LONG) if _LONG else 100
 PROGRESS = 1000  # more than the default run checks: CI prints nothing
+STALL_SECONDS = 60  # in a long run, one request (sent and checked) taking longer dumps the
+WATCHDOG = sys.__stderr__ if _LONG else None  # stacks to the process's own stderr (fd 2)
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -251,14 +254,22 @@ def fuzz_adapter(ledger: Ledger, send: Send) -> None:
     """Run the hypothesis search against one adapter, then check the whole store once more.
 
     Long runs report progress on stderr (seen with ``-s``) every ``PROGRESS`` requests checked,
-    so that a run stopped early still says exactly how many passed.
+    so that a run stopped early still says exactly how many passed; there, a request that takes
+    more than ``STALL_SECONDS`` to send and check dumps every thread's stack (faulthandler).
     """
     start = time.monotonic()
 
     @FUZZ
     @given(requests())
     def fuzz(request: Request) -> None:
-        send_and_check(ledger, send, request, _observe)
+        if not WATCHDOG:
+            send_and_check(ledger, send, request, _observe)
+        else:  # a request that hangs shows where: every thread's stack, and the run goes on
+            faulthandler.dump_traceback_later(STALL_SECONDS, file=WATCHDOG)
+            try:
+                send_and_check(ledger, send, request, _observe)
+            finally:
+                faulthandler.cancel_dump_traceback_later()
         checked = ledger.answers.total()
         if checked % PROGRESS == 0:
             elapsed = time.monotonic() - start
