@@ -22,9 +22,17 @@ Run from the repository root, one adapter per process (``flask``, ``starlette``,
     .venv/bin/pip install atheris
     .venv/bin/python -m tests.fuzz_atheris flask -runs=100000 .fuzz/flask
 
-``-max_len`` defaults to 16384 here. A failing input is written to ``crash-<sha1>`` in the
-working directory (keep corpora and crash files out of git: ``.fuzz/``, ``crash-*`` are
-ignored); replay it with the same command and the file instead of the corpus directory.
+``-max_len`` defaults to 16384 here. A new (or empty) corpus directory is first filled with
+200 random inputs. The Django adapters create the test database of ``tests.django_settings``
+(a SQLite file in the temporary directory) and drop it after the last of ``-runs``.
+
+A failure prints the request and the traceback, and libFuzzer writes the input to
+``crash-<sha1>`` in the working directory (``-artifact_prefix=DIR/`` to put it elsewhere;
+corpora and crash files are git-ignored: ``.fuzz/``, ``crash-*``). Replay it with the same
+command and the file in place of the corpus directory. A failure that depends on what the
+store already held (a duplicate, say) may not come back on its own: try the run again with the
+``-seed=N`` libFuzzer printed at its start (handlers on the worker's threads make coverage, and
+so the run, not quite repeatable).
 """
 
 from __future__ import annotations
@@ -55,19 +63,8 @@ from .contract import LIMIT, SECRET
 ADAPTERS = ("flask", "starlette", "fastapi", "django-memory", "django-app")
 CHECK_EVERY = 10_000
 SEEDS = 200  # random inputs in a new corpus directory
-SIGNATURE_MODES = (
-    ["valid"] * 6
-    + ["missing"] * 2
-    + [
-        "stale",
-        "wrong secret",
-        "mutated",
-        "upper",
-        "spaced",
-        "rotation",
-        "bytes",
-    ]
-)
+SIGNATURE_MODES = ["valid"] * 6 + ["missing"] * 2
+SIGNATURE_MODES += ["stale", "wrong secret", "mutated", "upper", "spaced", "rotation", "bytes"]
 BODY_MODES = ["raw"] * 3 + ["sample"] * 2 + ["spliced"] * 2 + ["padded", "unknown"]
 FIELDS = ["id", "from", "to", "text", "status"]
 T = TypeVar("T")
