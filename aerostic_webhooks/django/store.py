@@ -136,38 +136,38 @@ class DjangoStore:
         )
         return rows
 
-    def _finish(self, event_id: str, owner: str, **changes: object) -> bool:
-        updated = self._held_many([event_id], owner).update(
+    def _finish(self, event_ids: Sequence[str], owner: str, **changes: object) -> int:
+        """Release the records ``owner`` holds among ``event_ids`` with ``changes``; how many."""
+        updated: int = self._held_many(event_ids, owner).update(
             lease_owner=None, lease_expires_at=None, updated_at=_to_db(utcnow()), **changes
         )
-        return updated == 1
+        return updated
 
     def complete(self, event_id: str, owner: str) -> bool:
-        return self._finish(event_id, owner, status=Status.DONE.value, due_at=None)
+        return self.complete_many(owner, [event_id]) == 1
 
     def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
-        completed: int = self._held_many(event_ids, owner).update(
-            status=Status.DONE.value,
-            due_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            updated_at=_to_db(utcnow()),
-        )
-        return completed
+        return self._finish(event_ids, owner, status=Status.DONE.value, due_at=None)
 
     def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:
-        return self._finish(
-            event_id,
-            owner,
-            status=Status.PENDING.value,
-            next_attempt_at=_to_db(at),
-            due_at=_to_db(at),
-            last_error=error,
+        return (
+            self._finish(
+                [event_id],
+                owner,
+                status=Status.PENDING.value,
+                next_attempt_at=_to_db(at),
+                due_at=_to_db(at),
+                last_error=error,
+            )
+            == 1
         )
 
     def fail(self, event_id: str, owner: str, *, error: str) -> bool:
-        return self._finish(
-            event_id, owner, status=Status.FAILED.value, due_at=None, last_error=error
+        return (
+            self._finish(
+                [event_id], owner, status=Status.FAILED.value, due_at=None, last_error=error
+            )
+            == 1
         )
 
     def release(self, event_id: str, owner: str) -> bool:

@@ -323,31 +323,28 @@ class RedisStore:
         if event_ids:
             self._run("renew", owner, repr(time.time() + lease), *event_ids)
 
+    @staticmethod
+    def _finish_args(
+        event_id: str, owner: str, status: Status, at: datetime | None, error: str | None
+    ) -> list[str]:
+        """The "finish" script's arguments after the prefix."""
+        flag = "0" if error is None else "1"
+        return [event_id, owner, status.value, _opt(at), flag, error or "", repr(time.time())]
+
     def _finish(
         self, event_id: str, owner: str, status: Status, at: datetime | None, error: str | None
     ) -> bool:
-        return bool(
-            self._run(
-                "finish",
-                event_id,
-                owner,
-                status.value,
-                _opt(at),
-                "0" if error is None else "1",
-                error or "",
-                repr(time.time()),
-            )
-        )
+        return bool(self._run("finish", *self._finish_args(event_id, owner, status, at, error)))
 
     def complete(self, event_id: str, owner: str) -> bool:
         return self._finish(event_id, owner, Status.DONE, None, None)
 
     def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
-        finish, now = self._scripts["finish"], repr(time.time())
+        finish = self._scripts["finish"]
         pipe = self.client.pipeline(transaction=False)  # one round trip for all of them
         for event_id in event_ids:
-            args = [self.prefix, event_id, owner, Status.DONE.value, _opt(None), "0", "", now]
-            finish(keys=[], args=args, client=pipe)
+            args = self._finish_args(event_id, owner, Status.DONE, None, None)
+            finish(keys=[], args=[self.prefix, *args], client=pipe)
         return sum(1 for finished in pipe.execute() if finished)
 
     def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:

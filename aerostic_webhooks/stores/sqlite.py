@@ -287,25 +287,30 @@ class SQLiteStore:
                 [(expires, expires, event_id, owner) for event_id in event_ids],
             )
 
+    @staticmethod
+    def _finish_sql(assignments: str) -> str:
+        """Release a record its owner holds, with ``assignments`` (params: theirs, then
+        ``updated_at``, ``event_id``, ``owner``)."""
+        return (
+            f"UPDATE {_TABLE} SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, "
+            "updated_at = ? WHERE event_id = ? AND status = 'processing' AND lease_owner = ?"
+        )
+
     def _finish(self, event_id: str, owner: str, assignments: str, *params: object) -> bool:
         with self._cursor() as conn:
             cursor = conn.execute(
-                f"UPDATE {_TABLE} SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, "
-                "updated_at = ? WHERE event_id = ? AND status = 'processing' AND lease_owner = ?",
-                (*params, time.time(), event_id, owner),
+                self._finish_sql(assignments), (*params, time.time(), event_id, owner)
             )
         return cursor.rowcount == 1
 
     def complete(self, event_id: str, owner: str) -> bool:
-        return self._finish(event_id, owner, "status = 'done', due_at = NULL")
+        return self.complete_many(owner, [event_id]) == 1
 
     def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
         now = time.time()
         with self._cursor(write=True) as conn:  # one transaction, not one per record
             cursor = conn.executemany(
-                f"UPDATE {_TABLE} SET status = 'done', due_at = NULL, lease_owner = NULL, "
-                "lease_expires_at = NULL, updated_at = ? "
-                "WHERE event_id = ? AND status = 'processing' AND lease_owner = ?",
+                self._finish_sql("status = 'done', due_at = NULL"),
                 [(now, event_id, owner) for event_id in event_ids],
             )
         return max(cursor.rowcount, 0)
