@@ -5,8 +5,10 @@ from __future__ import annotations
 import http.client
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -71,3 +73,21 @@ def wait_until_serving(
         finally:
             connection.close()
     raise AssertionError(f"the server did not start serving:\n{log()}")
+
+
+DJANGO_PROJECT = Path(__file__).resolve().parent.parent / "examples" / "django_project"
+
+
+def manage(
+    env: dict[str, str], *args: str, cwd: Path = DJANGO_PROJECT, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """``manage.py *args`` of the example Django project in a subprocess, output captured."""
+    return subprocess.run(
+        [sys.executable, str(DJANGO_PROJECT / "manage.py"), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -21,6 +21,8 @@ import pytest
 
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS
 
+from .servers import manage
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ROOT / "examples" / "django_project"
 SECRET = "whsec_django_commands_test"
@@ -63,18 +65,6 @@ def environment(db: Path, **changes: str | None) -> dict[str, str]:
         else:
             env[name] = value
     return env
-
-
-def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(PROJECT / "manage.py"), *args],
-        env=env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def query(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:

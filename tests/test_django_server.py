@@ -154,15 +154,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
     )
     # One migrate, then a copy of its database for each server: each run costs seconds.
     template = tmp_path_factory.mktemp("template")
-    migrated = subprocess.run(
-        [sys.executable, str(PROJECT / "manage.py"), "migrate", "--no-input"],
-        env=environment(wrapper, template),
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    migrated = server_helpers.manage(environment(wrapper, template), "migrate", "--no-input")
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     started: dict[str, Server] = {}
     try:

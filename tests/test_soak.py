@@ -276,15 +276,7 @@ def django_project(server: str) -> Callable[[Path, int], Served]:
             "DJANGO_DB_PATH": str(database),
         }
         manage = [sys.executable, str(PROJECT / "manage.py")]
-        migrated = subprocess.run(
-            [*manage, "migrate", "--no-input"],
-            env=env,
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        migrated = server_helpers.manage(env, "migrate", "--no-input", cwd=directory, timeout=180)
         assert migrated.returncode == 0, migrated.stdout + migrated.stderr
         if server == "gunicorn":
             web = gunicorn_command("config.wsgi:application", port)
