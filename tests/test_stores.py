@@ -62,6 +62,20 @@ def test_add_is_add_if_absent(store: Store) -> None:
     assert store.get("missing") is None
 
 
+def test_add_many_is_add_for_each_in_order(store: Store) -> None:
+    store.add(record("kept"))
+    add_many = store.add_many  # type: ignore[attr-defined]  # optional, but every store has it
+    fresh = [record("a"), record("kept", body=b"other"), record("b"), record("a", body=b"again")]
+    assert add_many(fresh) == [True, False, True, False]
+    assert add_many([]) == []
+    assert {r.event_id: r.body for r in store.list()} == {
+        "kept": b'{"x": 1}',
+        "a": b'{"x": 1}',
+        "b": b'{"x": 1}',
+    }
+    assert store.counts()[Status.PENDING] == 3
+
+
 def test_record_round_trips_every_field(store: Store) -> None:
     received = utcnow().replace(microsecond=123000)
     store.add(record("a", event_type="contact.created", body=b"\x00\xff raw", received_at=received))

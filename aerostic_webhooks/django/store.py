@@ -96,6 +96,16 @@ class DjangoStore:
             ) from error
         return True
 
+    def add_many(self, records: Sequence[Record]) -> list[bool]:
+        """``add`` for several deliveries in one transaction: all are recorded, or none."""
+        try:
+            with transaction.atomic(using=self.using):
+                return [self.add(record) for record in records]
+        except DatabaseError as error:  # the commit itself failed
+            raise StoreUnavailable(
+                f"the database could not record the deliveries: {error}"
+            ) from error
+
     def _claim(self, candidates: QuerySet[WebhookEvent], owner: str, lease: float) -> list[Record]:
         now = utcnow()
         expires = _to_db(now + timedelta(seconds=lease))

@@ -64,6 +64,11 @@ class Store(Protocol):
     (returning ``False``) when the record is no longer held by it. ``add`` raises
     ``StoreUnavailable`` when it cannot persist; other methods may raise what they like and
     the worker logs it and tries again later.
+
+    Optional: ``add_many(records) -> list[bool]``, ``add`` for several deliveries in one
+    call (one transaction or round trip), which the asyncio adapters use to record the
+    deliveries that arrive together; without it they call ``add`` for each. Every store
+    shipped here has it.
     """
 
     def add(self, record: Record) -> bool:

@@ -57,6 +57,9 @@ class MemoryStore:
         self._added.append(record)  # put on the heap by the next claim, under the lock
         return True
 
+    def add_many(self, records: Sequence[Record]) -> list[bool]:
+        return [self.add(record) for record in records]
+
     def _claimable(self, record: Record, now: datetime) -> bool:
         due = _due_at(record)
         return due is not None and due <= now

@@ -252,29 +252,44 @@ class RedisStore:
     def _key(self, event_id: str) -> str:
         return f"{self.prefix}r:{event_id}"
 
-    def add(self, record: Record) -> bool:
+    def _add_args(self, record: Record) -> list[str | bytes | int | float]:
         if record.status is Status.PENDING:
             next_attempt = record.next_attempt_at or record.received_at
             due = _opt(next_attempt)
         else:
             next_attempt, due = None, _opt(record.lease_expires_at)
+        return [
+            self.prefix,
+            record.event_id,
+            record.event_type,
+            record.body,
+            repr(record.received_at.timestamp()),
+            record.status.value,
+            record.attempts,
+            _opt(next_attempt),
+            record.lease_owner or "",
+            _opt(record.lease_expires_at),
+            due,
+        ]
+
+    def add(self, record: Record) -> bool:
         try:
-            added = self._run(
-                "add",
-                record.event_id,
-                record.event_type,
-                record.body,
-                repr(record.received_at.timestamp()),
-                record.status.value,
-                record.attempts,
-                _opt(next_attempt),
-                record.lease_owner or "",
-                _opt(record.lease_expires_at),
-                due,
-            )
+            added = self._scripts["add"](keys=[], args=self._add_args(record))
         except redis.RedisError as error:
             raise StoreUnavailable(f"Redis could not record the delivery: {error}") from error
         return bool(added)
+
+    def add_many(self, records: Sequence[Record]) -> list[bool]:
+        """``add`` for several deliveries in one round trip. Not atomic: on an error some may
+        be kept, and the sender's retry of those is then acknowledged as a duplicate."""
+        add = self._scripts["add"]
+        pipe = self.client.pipeline(transaction=False)
+        for record in records:
+            add(keys=[], args=self._add_args(record), client=pipe)
+        try:
+            return [bool(added) for added in pipe.execute()]
+        except redis.RedisError as error:
+            raise StoreUnavailable(f"Redis could not record the deliveries: {error}") from error
 
     def _fetch(self, event_ids: Sequence[Any]) -> list[Record]:
         if not event_ids:

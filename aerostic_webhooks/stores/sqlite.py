@@ -103,6 +103,32 @@ class _Connection:
             self._conn.close()
 
 
+_INSERT = (
+    f"INSERT OR IGNORE INTO {_TABLE} ({_COLUMNS}, due_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _row(record: Record) -> tuple[object, ...]:
+    """A record as the parameters of ``_INSERT``."""
+    due = record.next_attempt_at or record.received_at
+    pending = record.status is Status.PENDING
+    return (
+        record.event_id,
+        record.event_type,
+        record.body,
+        _ts(record.received_at),
+        record.status.value,
+        record.attempts,
+        record.last_error,
+        _ts(due) if pending else None,
+        record.lease_owner,
+        _ts(record.lease_expires_at),
+        _ts(record.received_at),
+        _ts(due) if pending else _ts(record.lease_expires_at),
+    )
+
+
 def _record(row: sqlite3.Row) -> Record:
     return Record(
         event_id=row[0],
@@ -213,31 +239,20 @@ class SQLiteStore:
         return self._work.use(write)
 
     def add(self, record: Record) -> bool:
-        due = record.next_attempt_at or record.received_at
-        due_at = _ts(due) if record.status is Status.PENDING else _ts(record.lease_expires_at)
         try:
             with self._intake.use() as conn:
-                cursor = conn.execute(
-                    f"INSERT OR IGNORE INTO {_TABLE} ({_COLUMNS}, due_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.event_id,
-                        record.event_type,
-                        record.body,
-                        _ts(record.received_at),
-                        record.status.value,
-                        record.attempts,
-                        record.last_error,
-                        _ts(due) if record.status is Status.PENDING else None,
-                        record.lease_owner,
-                        _ts(record.lease_expires_at),
-                        _ts(record.received_at),
-                        due_at,
-                    ),
-                )
+                cursor = conn.execute(_INSERT, _row(record))
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite could not record the delivery: {error}") from error
         return cursor.rowcount == 1
+
+    def add_many(self, records: Sequence[Record]) -> list[bool]:
+        """``add`` for several deliveries in one transaction: all are recorded, or none."""
+        try:
+            with self._intake.use(write=True) as conn:
+                return [conn.execute(_INSERT, _row(record)).rowcount == 1 for record in records]
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"SQLite could not record the deliveries: {error}") from error
 
     def _claim_where(
         self, conn: sqlite3.Connection, event_ids: Sequence[str], owner: str, lease: float
