@@ -23,6 +23,7 @@ from .errors import (
     WebhookError,
 )
 from .events import Event, parse_event
+from .intake import INLINE_MAX_BYTES, Intake, off_loop
 from .signature import SIGNATURE_HEADER, Secrets, signing_keys, verify_with_keys
 from .stores.base import Record, Status, Store, utcnow
 from .stores.sqlite import SQLiteStore
@@ -159,6 +160,7 @@ class WebhookReceiver:
         self._lease = lease_seconds
         self._inline_owner = new_owner_id() + ":inline"
         self._parsed = _ParsedEvents()
+        self._intake = Intake(self._record_batch)
         self._worker = Worker(
             self.store,
             self._process_record,
@@ -214,6 +216,58 @@ class WebhookReceiver:
         Returns once the delivery is recorded (or recognised as a duplicate); handlers have
         not run yet unless the receiver is inline.
         """
+        event, event_id, raw = self._accept(body, headers)
+        if self.process == "inline":
+            return self._receive_inline(event, event_id, raw)
+        added = self._store_call(self.store.add, self._pending(event, event_id, raw))
+        return self._recorded(event, event_id, added)
+
+    async def receive_async(
+        self, body: bytes | bytearray | memoryview, headers: Headers
+    ) -> Receipt:
+        """``receive`` for a coroutine on an asyncio loop, which it never blocks.
+
+        A small delivery is verified and parsed on the loop; a store that does I/O records it
+        on the receiver's intake thread, many deliveries per transaction. Large bodies and
+        inline receivers (whose handlers run here) go to a thread whole.
+        """
+        if len(body) > INLINE_MAX_BYTES or self.process == "inline":
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(off_loop(), self.receive, body, headers)
+        event, event_id, raw = self._accept(body, headers)
+        if not getattr(self.store, "blocking", True):
+            added = self._store_call(self.store.add, self._pending(event, event_id, raw))
+            return self._recorded(event, event_id, added)
+        return await self._intake.submit((event, event_id, raw))
+
+    def _record_batch(
+        self, batch: list[tuple[Event, str, bytes]]
+    ) -> list[Receipt | StoreUnavailable]:
+        """The intake's write: one ``add_many`` call where the store has it, else ``add`` each."""
+        records = [self._pending(*accepted) for accepted in batch]
+        add_many: Callable[[list[Record]], Sequence[bool]] | None
+        add_many = getattr(self.store, "add_many", None)
+        outcomes: list[bool | StoreUnavailable] = []
+        if add_many is not None:
+            try:
+                outcomes.extend(self._store_call(add_many, records))
+            except StoreUnavailable as error:
+                outcomes = [StoreUnavailable(error.reason) for _ in records]
+        else:
+            for record in records:
+                try:
+                    outcomes.append(self._store_call(self.store.add, record))
+                except StoreUnavailable as error:
+                    outcomes.append(error)
+        return [
+            outcome if isinstance(outcome, StoreUnavailable) else self._recorded(e, i, outcome)
+            for (e, i, _), outcome in zip(batch, outcomes, strict=True)
+        ]
+
+    def _accept(
+        self, body: bytes | bytearray | memoryview, headers: Headers
+    ) -> tuple[Event, str, bytes]:
+        """The store-free part of ``receive``: verify, parse and name a delivery."""
         try:
             if len(body) > self.max_body_bytes:
                 raise PayloadTooLarge(
@@ -233,11 +287,17 @@ class WebhookReceiver:
         event_id = (
             default_event_id(event, raw) if self._event_id is None else self._identify(event, raw)
         )
-        if self.process == "inline":
-            return self._receive_inline(event, event_id, raw)
+        return event, event_id, raw
+
+    @staticmethod
+    def _pending(event: Event, event_id: str, raw: bytes) -> Record:
+        """The record of a new delivery, due now."""
         now = utcnow()
-        record = Record(event_id, event.event, raw, now, next_attempt_at=now)
-        if not self._store_call(self.store.add, record):
+        return Record(event_id, event.event, raw, now, next_attempt_at=now)
+
+    def _recorded(self, event: Event, event_id: str, added: bool) -> Receipt:
+        """The receipt of a stored delivery; a new one is handed to this process's worker."""
+        if not added:
             logger.debug("duplicate delivery of %s acknowledged", event_id)
             return Receipt(event, event_id, duplicate=True)
         logger.debug("recorded %s", event_id)
@@ -398,6 +458,7 @@ class WebhookReceiver:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker (waiting up to ``timeout`` for running handlers) and the store."""
+        self._intake.close(timeout)
         self._worker.close(timeout)
         self._loop.close()
         self.store.close()

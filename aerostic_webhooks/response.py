@@ -6,11 +6,9 @@ a synchronous adapter, which only has to say how to read its body and write the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from .errors import PayloadTooLarge, WebhookError
 from .receiver import Headers, Receipt, WebhookReceiver
@@ -34,10 +32,6 @@ CONTENT_TYPE = "application/json"
 _ACCEPTED = (200, json.dumps({"received": True}).encode())
 _ERROR_BODIES: dict[str, bytes] = {}
 _CHUNK = 65536
-# Up to this size a body is verified and parsed on the event loop when the store does not
-# block (MemoryStore): a thread hop would cost more than the work. Larger bodies, and every
-# store that does I/O, go to a thread.
-_INLINE_MAX = 65536
 
 
 def render(outcome: Receipt | WebhookError) -> tuple[int, bytes]:
@@ -115,29 +109,7 @@ async def receive_request_async(
     if refused is not None:
         raise refused
     body = await read_limited_async(chunks, receiver.max_body_bytes)
-    if (
-        len(body) <= _INLINE_MAX
-        and receiver.process != "inline"  # inline handlers must not run on the loop
-        and not getattr(receiver.store, "blocking", True)
-    ):
-        return receiver.receive(body, headers)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_off_loop(), receiver.receive, body, headers)
-
-
-_executor: ThreadPoolExecutor | None = None
-
-
-def _off_loop() -> ThreadPoolExecutor:
-    """Two threads for the receive work of async adapters.
-
-    Few on purpose: every thread that runs Python competes with the event loop for the GIL,
-    and with many of them the loop waits its turn for hundreds of milliseconds.
-    """
-    global _executor  # noqa: PLW0603 (one pool per process, made on first use)
-    if _executor is None:
-        _executor = ThreadPoolExecutor(2, thread_name_prefix="aerostic-webhooks-receive")
-    return _executor
+    return await receiver.receive_async(body, headers)
 
 
 def respond(

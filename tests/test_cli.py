@@ -321,9 +321,9 @@ def note(entry):
 
 
 class Noting(WebhookReceiver):
-    def receive(self, body, headers):
+    async def receive_async(self, body, headers):
         try:
-            receipt = super().receive(body, headers)
+            receipt = await super().receive_async(body, headers)
         except WebhookError as error:
             note({{"refused": type(error).__name__}})
             raise

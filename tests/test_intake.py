@@ -1,0 +1,304 @@
+"""The intake: asyncio requests' deliveries recorded on one thread, many per store call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from aerostic_webhooks import MemoryStore, SQLiteStore, StoreUnavailable, WebhookReceiver
+from aerostic_webhooks.intake import Intake
+from aerostic_webhooks.stores import Record, Status
+from aerostic_webhooks.stores.base import utcnow
+
+from .contract import SECRET, sample_body, signed
+
+
+class Recorder:
+    """A ``write`` that notes its batches and can be held, so that requests queue meanwhile."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.threads: set[str] = set()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, batch: list[int]) -> list[int | BaseException]:
+        self.entered.set()
+        self.gate.wait(10)
+        self.batches.append(list(batch))
+        self.threads.add(threading.current_thread().name)
+        return [ValueError(f"odd {n}") if n % 2 else n * 10 for n in batch]
+
+
+async def submit_all(intake: Intake[int, int], items: Sequence[int]) -> list[object]:
+    results = await asyncio.gather(*(intake.submit(n) for n in items), return_exceptions=True)
+    return list(results)
+
+
+def test_each_request_gets_its_own_outcome_in_order() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+    try:
+        results = asyncio.run(submit_all(intake, range(6)))
+    finally:
+        intake.close()
+    assert [r if isinstance(r, int) else str(r) for r in results] == [
+        0, "odd 1", 20, "odd 3", 40, "odd 5"
+    ]  # fmt: skip
+    assert write.threads == {"aerostic-webhooks-intake"}
+
+
+def test_requests_that_queue_during_a_write_share_the_next_one() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+
+    async def scenario() -> list[object]:
+        write.gate.clear()  # the first write is held: the other 49 requests queue meanwhile
+        first = asyncio.ensure_future(intake.submit(0))
+        await asyncio.to_thread(write.entered.wait, 10)
+        rest = [asyncio.ensure_future(intake.submit(n)) for n in range(2, 100, 2)]
+        await asyncio.sleep(0.05)
+        write.gate.set()
+        return list(await asyncio.gather(first, *rest))
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        intake.close()
+    assert results == [n * 10 for n in range(0, 100, 2)]
+    assert write.batches == [[0], list(range(2, 100, 2))]
+
+
+def test_a_write_that_raises_refuses_the_whole_batch() -> None:
+    def broken(batch: list[int]) -> list[int]:
+        raise StoreUnavailable("disk gone")
+
+    intake: Intake[int, int] = Intake(broken)
+    try:
+        results = asyncio.run(submit_all(intake, [1, 2, 3]))
+    finally:
+        intake.close()
+    assert all(isinstance(r, StoreUnavailable) for r in results)
+
+
+def test_a_write_with_the_wrong_number_of_outcomes_refuses_the_batch() -> None:
+    intake: Intake[int, int] = Intake(lambda batch: [1])
+    try:
+        results = asyncio.run(submit_all(intake, [1, 2]))
+    finally:
+        intake.close()
+    assert all(isinstance(r, RuntimeError) for r in results), results
+
+
+def test_a_cancelled_request_does_not_disturb_the_others() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+
+    async def scenario() -> list[int]:
+        write.gate.clear()
+        doomed = asyncio.ensure_future(intake.submit(2))
+        kept = asyncio.ensure_future(intake.submit(4))
+        await asyncio.sleep(0.05)
+        doomed.cancel()  # the client went away while its delivery was being written
+        write.gate.set()
+        return [await kept]
+
+    try:
+        assert asyncio.run(scenario()) == [40]
+    finally:
+        intake.close()
+    assert sorted(n for batch in write.batches for n in batch) == [2, 4]
+
+
+def test_requests_from_several_loops_are_each_answered_on_their_own() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+    results: dict[int, list[object]] = {}
+
+    def serve(offset: int) -> None:
+        results[offset] = asyncio.run(submit_all(intake, range(offset, offset + 40, 2)))
+
+    threads = [threading.Thread(target=serve, args=(base,)) for base in (0, 1000, 2000)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    finally:
+        intake.close()
+    for offset in (0, 1000, 2000):
+        assert results[offset] == [n * 10 for n in range(offset, offset + 40, 2)]
+
+
+def test_close_stops_the_thread_and_a_later_request_starts_another() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+    assert asyncio.run(intake.submit(2)) == 20
+    thread = intake._thread
+    assert thread is not None
+    intake.close(5)
+    assert not thread.is_alive()
+    try:
+        assert asyncio.run(intake.submit(4)) == 40
+    finally:
+        intake.close(5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_gets_a_thread_of_its_own() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+    assert asyncio.run(intake.submit(2)) == 20  # the parent's thread is running
+    read, send = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the parent's thread does not exist here
+        try:
+            code = 0 if asyncio.run(asyncio.wait_for(intake.submit(6), 5)) == 60 else 1
+        except BaseException:
+            code = 2
+        os.write(send, bytes([code]))
+        os._exit(0)
+    os.close(send)
+    try:
+        assert os.read(read, 1) == bytes([0])
+    finally:
+        os.waitpid(pid, 0)
+        os.close(read)
+        intake.close()
+
+
+# -- the receiver's intake ------------------------------------------------------------------
+
+
+def deliveries(count: int, prefix: str = "m") -> list[bytes]:
+    return [sample_body("message.received", id=f"{prefix}-{n}") for n in range(count)]
+
+
+async def receive_all(receiver: WebhookReceiver, bodies: Sequence[bytes]) -> list[object]:
+    calls = (receiver.receive_async(body, signed(body)) for body in bodies)
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+class CountingSQLite(SQLiteStore):
+    """An SQLite store that counts its write calls."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.calls: list[int] = []
+
+    def add_many(self, records: Sequence[Record]) -> list[bool]:
+        self.calls.append(len(records))
+        return super().add_many(records)
+
+
+def test_concurrent_deliveries_are_recorded_in_few_transactions(tmp_path: Path) -> None:
+    store = CountingSQLite(tmp_path / "inbox.sqlite3")
+    bodies = deliveries(200)
+    with WebhookReceiver(SECRET, store=store, process="external") as receiver:
+        receipts = asyncio.run(receive_all(receiver, bodies + bodies[:50]))
+        assert [getattr(r, "duplicate", r) for r in receipts] == [False] * 200 + [True] * 50
+        assert store.counts()[Status.PENDING] == 200
+        assert sorted(r.body for r in store.list(limit=500)) == sorted(bodies)
+    assert sum(store.calls) == 250
+    assert len(store.calls) < 250  # batched: the requests queued during a write share the next
+
+
+def test_a_redelivery_in_the_same_batch_is_a_duplicate(tmp_path: Path) -> None:
+    body = sample_body("message.received", id="twice")
+    with WebhookReceiver(SECRET, store=SQLiteStore(tmp_path / "i.sqlite3")) as receiver:
+        first, second = asyncio.run(receive_all(receiver, [body, body]))
+    assert [first.duplicate, second.duplicate] == [False, True]  # type: ignore[attr-defined]
+
+
+def test_a_failed_transaction_acknowledges_none_of_its_deliveries(tmp_path: Path) -> None:
+    class Locked(SQLiteStore):
+        def add_many(self, records: Sequence[Record]) -> list[bool]:
+            super().add_many(records)  # written, then the commit fails: none is kept
+            raise StoreUnavailable("SQLite could not record the deliveries: database is locked")
+
+    store = Locked(tmp_path / "inbox.sqlite3")
+    with WebhookReceiver(SECRET, store=store) as receiver:
+        results = asyncio.run(receive_all(receiver, deliveries(5)))
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert len({id(r) for r in results}) == 5  # one error each, not one shared
+
+
+def test_sqlite_add_many_is_one_transaction(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    now = utcnow()
+    good = Record("a", "message.received", b"{}", now, next_attempt_at=now)
+    bad = good._replace(event_id="b", body=object())  # SQLite cannot bind it: the insert fails
+    with pytest.raises(StoreUnavailable):
+        store.add_many([good, bad])
+    assert store.get("a") is None  # rolled back with the failed one
+    assert store.add_many([good, good._replace(event_id="c"), good]) == [True, True, False]
+    store.close()
+
+
+def test_a_store_without_add_many_is_written_one_record_at_a_time() -> None:
+    class OwnStore:
+        """A store of one's own, doing I/O, with no ``add_many``: the rest from a MemoryStore."""
+
+        blocking = True
+
+        def __init__(self) -> None:
+            self.inner = MemoryStore()
+
+        def __getattr__(self, name: str) -> object:
+            if name == "add_many":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+        def add(self, record: Record) -> bool:
+            if b"fail" in record.body:
+                raise sqlite3.OperationalError("disk I/O error")
+            return self.inner.add(record)
+
+    bodies = [sample_body("message.received", id=n) for n in ("ok-1", "fail-2", "ok-3")]
+    store = OwnStore()
+    with WebhookReceiver(SECRET, store=store, process="external") as receiver:  # type: ignore[arg-type]
+        results = asyncio.run(receive_all(receiver, bodies))
+    assert [type(r).__name__ for r in results] == ["Receipt", "StoreUnavailable", "Receipt"]
+    assert sorted(r.event_id for r in store.inner.list()) == [
+        "message.received:ok-1",
+        "message.received:ok-3",
+    ]
+
+
+def test_a_memory_store_is_written_on_the_loop(tmp_path: Path) -> None:
+    on: list[str] = []
+
+    class Noting(MemoryStore):
+        def add(self, record: Record) -> bool:
+            on.append(threading.current_thread().name)
+            return super().add(record)
+
+    with WebhookReceiver(SECRET, store=Noting(), process="external") as receiver:
+        asyncio.run(receive_all(receiver, deliveries(3)))
+        assert receiver._intake._thread is None  # never started
+    assert on == [threading.current_thread().name] * 3
+
+
+def test_large_bodies_and_inline_handlers_stay_off_the_loop() -> None:
+    on: list[str] = []
+
+    class Noting(MemoryStore):
+        def add(self, record: Record) -> bool:
+            on.append(threading.current_thread().name)
+            return super().add(record)
+
+    large = sample_body("message.received", id="large", text="x" * 70_000)  # over 64 KB
+    with WebhookReceiver(SECRET, store=Noting(), process="external") as receiver:
+        asyncio.run(receive_all(receiver, [large]))
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as receiver:
+        receiver.on("*")(lambda event: on.append(threading.current_thread().name))
+        asyncio.run(receive_all(receiver, deliveries(1)))
+    loop_thread = threading.current_thread().name
+    assert len(on) == 2 and loop_thread not in on, on
