@@ -59,30 +59,30 @@ class Intake(Generic[T, R]):
 
     def _reset(self) -> None:
         """Fresh state: at first, and in a forked child, where the parent's thread is gone and
-        its locks may have been held at the fork."""
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        its lock may have been held at the fork."""
         self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` for the next batch and wait for its outcome."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        if self._thread is None or not self._thread.is_alive():
-            self._start()
-        self._queue.put(_Waiting(item, loop, future))
+        # Held only for a put (and once per thread for its start), so fine on the loop; it
+        # makes sure an item never lands behind the stop mark of a thread that is closing.
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._start()
+            self._queue.put(_Waiting(item, loop, future))
         return await future  # type: ignore[return-value]
 
     def _start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run,
-                    args=(self._queue,),
-                    name="aerostic-webhooks-intake",
-                    daemon=True,
-                )
-                self._thread.start()
+        """A thread of its own queue (the caller holds the lock)."""
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._queue,), name="aerostic-webhooks-intake", daemon=True
+        )
+        self._thread.start()
 
     def close(self, timeout: float | None = None) -> None:
         """Write what is queued, then stop the thread (``submit`` would start another)."""
@@ -90,26 +90,27 @@ class Intake(Generic[T, R]):
             thread, self._thread = self._thread, None
             if thread is None:
                 return
-            self._queue.put(_STOP)
+            self._queue.put(_STOP)  # the last item of this thread's queue
         thread.join(timeout)
 
     def _run(self, waiting: queue.SimpleQueue[object]) -> None:
         stop = False
         while not stop:
-            first = waiting.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    more = waiting.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
+            batch: list[_Waiting] = []
+            item = waiting.get()
+            while True:
+                if item is _STOP:
                     stop = True
                     break
-                batch.append(more)
-            self._settle(batch)  # type: ignore[arg-type]
+                batch.append(item)  # type: ignore[arg-type]
+                if len(batch) == MAX_BATCH:
+                    break
+                try:
+                    item = waiting.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._settle(batch)
 
     def _settle(self, batch: list[_Waiting]) -> None:
         outcomes: Sequence[object]
@@ -117,9 +118,9 @@ class Intake(Generic[T, R]):
             outcomes = self._write([w.item for w in batch])  # type: ignore[misc]
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
-        except BaseException as error:  # each waiting request gets it instead
+        except BaseException as error:  # every waiting request is refused instead
             logger.exception("the intake's write raised; %d deliveries refused", len(batch))
-            outcomes = [error] * len(batch)
+            outcomes = [_failure(error) for _ in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[object], object]]]
         by_loop = {}
         for w, outcome in zip(batch, outcomes, strict=True):
@@ -129,14 +130,24 @@ class Intake(Generic[T, R]):
                 loop.call_soon_threadsafe(_resolve, settled)
 
 
+def _failure(error: BaseException) -> RuntimeError:
+    """One exception per waiting request (one instance raised in many would share a traceback)."""
+    failure = RuntimeError(f"the intake's write raised {type(error).__name__}")
+    failure.__cause__ = error
+    return failure
+
+
 def _resolve(settled: list[tuple[asyncio.Future[object], object]]) -> None:
     for future, outcome in settled:
         if future.done():  # the request was cancelled (the client went away)
             continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+        try:
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        except BaseException as error:  # e.g. StopIteration, which a future refuses
+            future.set_exception(_failure(error))
 
 
 _executor: ThreadPoolExecutor | None = None
@@ -155,6 +166,8 @@ def off_loop() -> ThreadPoolExecutor:
 
 
 def _after_fork() -> None:
+    global _executor  # noqa: PLW0603 (the parent's pool threads do not exist in the child)
+    _executor = None
     for intake in list(_ALL):
         intake._reset()
 

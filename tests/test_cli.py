@@ -321,9 +321,9 @@ def note(entry):
 
 
 class Noting(WebhookReceiver):
-    async def receive_async(self, body, headers):
+    def receive(self, body, headers):
         try:
-            receipt = await super().receive_async(body, headers)
+            receipt = super().receive(body, headers)
         except WebhookError as error:
             note({{"refused": type(error).__name__}})
             raise

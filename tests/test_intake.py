@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from aerostic_webhooks import MemoryStore, SQLiteStore, StoreUnavailable, WebhookReceiver
-from aerostic_webhooks.intake import Intake
+from aerostic_webhooks.intake import _STOP, Intake
 from aerostic_webhooks.stores import Record, Status
 from aerostic_webhooks.stores.base import utcnow
 
 from .contract import SECRET, sample_body, signed
+
+T = TypeVar("T")
 
 
 class Recorder:
@@ -37,6 +42,14 @@ class Recorder:
         return [ValueError(f"odd {n}") if n % 2 else n * 10 for n in batch]
 
 
+WAIT = 10.0  # seconds: a request not answered by then is a hang, and fails the test
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` with a deadline, so that a request left unanswered fails the test."""
+    return asyncio.run(asyncio.wait_for(coroutine, WAIT))
+
+
 async def submit_all(intake: Intake[int, int], items: Sequence[int]) -> list[object]:
     results = await asyncio.gather(*(intake.submit(n) for n in items), return_exceptions=True)
     return list(results)
@@ -46,7 +59,7 @@ def test_each_request_gets_its_own_outcome_in_order() -> None:
     write = Recorder()
     intake: Intake[int, int] = Intake(write)
     try:
-        results = asyncio.run(submit_all(intake, range(6)))
+        results = run(submit_all(intake, range(6)))
     finally:
         intake.close()
     assert [r if isinstance(r, int) else str(r) for r in results] == [
@@ -69,7 +82,7 @@ def test_requests_that_queue_during_a_write_share_the_next_one() -> None:
         return list(await asyncio.gather(first, *rest))
 
     try:
-        results = asyncio.run(scenario())
+        results = run(scenario())
     finally:
         intake.close()
     assert results == [n * 10 for n in range(0, 100, 2)]
@@ -78,20 +91,22 @@ def test_requests_that_queue_during_a_write_share_the_next_one() -> None:
 
 def test_a_write_that_raises_refuses_the_whole_batch() -> None:
     def broken(batch: list[int]) -> list[int]:
-        raise StoreUnavailable("disk gone")
+        raise OSError("disk gone")
 
     intake: Intake[int, int] = Intake(broken)
     try:
-        results = asyncio.run(submit_all(intake, [1, 2, 3]))
+        results = run(submit_all(intake, [1, 2, 3]))
     finally:
         intake.close()
-    assert all(isinstance(r, StoreUnavailable) for r in results)
+    assert all(isinstance(r, RuntimeError) for r in results), results
+    assert all(isinstance(r.__cause__, OSError) for r in results)  # type: ignore[union-attr]
+    assert len({id(r) for r in results}) == 3  # one each: a shared one would share a traceback
 
 
 def test_a_write_with_the_wrong_number_of_outcomes_refuses_the_batch() -> None:
     intake: Intake[int, int] = Intake(lambda batch: [1])
     try:
-        results = asyncio.run(submit_all(intake, [1, 2]))
+        results = run(submit_all(intake, [1, 2]))
     finally:
         intake.close()
     assert all(isinstance(r, RuntimeError) for r in results), results
@@ -103,18 +118,20 @@ def test_a_cancelled_request_does_not_disturb_the_others() -> None:
 
     async def scenario() -> list[int]:
         write.gate.clear()
+        blocker = asyncio.ensure_future(intake.submit(0))
+        await asyncio.to_thread(write.entered.wait, WAIT)  # 2 and 4 queue behind it, together
         doomed = asyncio.ensure_future(intake.submit(2))
         kept = asyncio.ensure_future(intake.submit(4))
-        await asyncio.sleep(0.05)
-        doomed.cancel()  # the client went away while its delivery was being written
+        await asyncio.sleep(0)  # both are queued
+        doomed.cancel()  # the client went away while its delivery waited
         write.gate.set()
-        return [await kept]
+        return [await blocker, await kept]
 
     try:
-        assert asyncio.run(scenario()) == [40]
+        assert run(scenario()) == [0, 40]
     finally:
         intake.close()
-    assert sorted(n for batch in write.batches for n in batch) == [2, 4]
+    assert write.batches == [[0], [2, 4]]  # written all the same, and answered to nobody
 
 
 def test_requests_from_several_loops_are_each_answered_on_their_own() -> None:
@@ -123,7 +140,7 @@ def test_requests_from_several_loops_are_each_answered_on_their_own() -> None:
     results: dict[int, list[object]] = {}
 
     def serve(offset: int) -> None:
-        results[offset] = asyncio.run(submit_all(intake, range(offset, offset + 40, 2)))
+        results[offset] = run(submit_all(intake, range(offset, offset + 40, 2)))
 
     threads = [threading.Thread(target=serve, args=(base,)) for base in (0, 1000, 2000)]
     try:
@@ -140,31 +157,44 @@ def test_requests_from_several_loops_are_each_answered_on_their_own() -> None:
 def test_close_stops_the_thread_and_a_later_request_starts_another() -> None:
     write = Recorder()
     intake: Intake[int, int] = Intake(write)
-    assert asyncio.run(intake.submit(2)) == 20
+    assert run(intake.submit(2)) == 20
     thread = intake._thread
     assert thread is not None
     intake.close(5)
     assert not thread.is_alive()
     try:
-        assert asyncio.run(intake.submit(4)) == 40
+        assert run(intake.submit(4)) == 40
     finally:
         intake.close(5)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
-def test_a_forked_child_gets_a_thread_of_its_own() -> None:
+def test_a_forked_child_starts_afresh_even_if_the_lock_was_held_at_the_fork() -> None:
     write = Recorder()
     intake: Intake[int, int] = Intake(write)
-    assert asyncio.run(intake.submit(2)) == 20  # the parent's thread is running
+    assert run(intake.submit(2)) == 20  # the parent's thread is running
     read, send = os.pipe()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another thread of the parent, in the middle of a submit at the fork
+        with intake._lock:
+            held.set()
+            release.wait(WAIT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(WAIT)
     pid = os.fork()
-    if pid == 0:  # the child: its copy of the parent's thread does not exist here
+    if pid == 0:  # the child: the parent's thread and its lock holder do not exist here
+        signal.alarm(int(WAIT))  # a deadlock on the inherited lock ends the child
         try:
-            code = 0 if asyncio.run(asyncio.wait_for(intake.submit(6), 5)) == 60 else 1
+            code = 0 if run(intake.submit(6)) == 60 else 1
         except BaseException:
             code = 2
         os.write(send, bytes([code]))
         os._exit(0)
+    release.set()
+    holder.join(WAIT)
     os.close(send)
     try:
         assert os.read(read, 1) == bytes([0])
@@ -172,6 +202,59 @@ def test_a_forked_child_gets_a_thread_of_its_own() -> None:
         os.waitpid(pid, 0)
         os.close(read)
         intake.close()
+
+
+def test_a_request_racing_close_is_answered() -> None:
+    intake: Intake[int, int] = Intake(lambda batch: [n * 10 for n in batch])
+    assert run(intake.submit(1)) == 10
+    real = intake._queue
+
+    class CloseFirst:
+        """The thread's queue, where ``close()`` runs in another thread just before a
+        request's put: the narrowest race between the two."""
+
+        def put(self, item: object) -> None:
+            if item is not _STOP:
+                closer = threading.Thread(target=intake.close, args=(WAIT,))
+                closer.start()
+                closer.join(0.2)  # returns at once unless submit holds close() off
+            real.put(item)
+
+    intake._queue = CloseFirst()  # type: ignore[assignment]
+    try:
+        assert run(intake.submit(2)) == 20  # not stranded behind the closing thread's stop
+    finally:
+        intake.close(WAIT)
+
+
+def test_close_during_a_write_stops_that_thread_though_a_request_starts_another() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+
+    async def scenario() -> tuple[list[int], float, bool]:
+        write.gate.clear()
+        first = asyncio.ensure_future(intake.submit(2))
+        await asyncio.to_thread(write.entered.wait, WAIT)
+        old = intake._thread
+        assert old is not None
+        closer = threading.Thread(target=intake.close, args=(WAIT,))
+        started = time.monotonic()
+        closer.start()
+        while intake._thread is not None:  # close() has marked the old thread's queue
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(intake.submit(4))  # a new thread, a new queue
+        write.gate.set()
+        answers = [await first, await second]
+        await asyncio.to_thread(closer.join, WAIT)
+        return answers, time.monotonic() - started, old.is_alive()
+
+    try:
+        answers, took, old_alive = run(scenario())
+    finally:
+        intake.close(WAIT)
+    assert answers == [20, 40]
+    assert not old_alive
+    assert took < WAIT / 2  # close() did not wait out its timeout
 
 
 # -- the receiver's intake ------------------------------------------------------------------
@@ -202,7 +285,7 @@ def test_concurrent_deliveries_are_recorded_in_few_transactions(tmp_path: Path) 
     store = CountingSQLite(tmp_path / "inbox.sqlite3")
     bodies = deliveries(200)
     with WebhookReceiver(SECRET, store=store, process="external") as receiver:
-        receipts = asyncio.run(receive_all(receiver, bodies + bodies[:50]))
+        receipts = run(receive_all(receiver, bodies + bodies[:50]))
         assert [getattr(r, "duplicate", r) for r in receipts] == [False] * 200 + [True] * 50
         assert store.counts()[Status.PENDING] == 200
         assert sorted(r.body for r in store.list(limit=500)) == sorted(bodies)
@@ -213,21 +296,60 @@ def test_concurrent_deliveries_are_recorded_in_few_transactions(tmp_path: Path) 
 def test_a_redelivery_in_the_same_batch_is_a_duplicate(tmp_path: Path) -> None:
     body = sample_body("message.received", id="twice")
     with WebhookReceiver(SECRET, store=SQLiteStore(tmp_path / "i.sqlite3")) as receiver:
-        first, second = asyncio.run(receive_all(receiver, [body, body]))
+        first, second = run(receive_all(receiver, [body, body]))
     assert [first.duplicate, second.duplicate] == [False, True]  # type: ignore[attr-defined]
 
 
 def test_a_failed_transaction_acknowledges_none_of_its_deliveries(tmp_path: Path) -> None:
-    class Locked(SQLiteStore):
+    class Failing(SQLiteStore):
         def add_many(self, records: Sequence[Record]) -> list[bool]:
-            super().add_many(records)  # written, then the commit fails: none is kept
-            raise StoreUnavailable("SQLite could not record the deliveries: database is locked")
+            raise StoreUnavailable("SQLite could not record the deliveries: disk I/O error")
 
-    store = Locked(tmp_path / "inbox.sqlite3")
+    store = Failing(tmp_path / "inbox.sqlite3")
     with WebhookReceiver(SECRET, store=store) as receiver:
-        results = asyncio.run(receive_all(receiver, deliveries(5)))
+        results = run(receive_all(receiver, deliveries(5)))
     assert all(isinstance(r, StoreUnavailable) for r in results), results
     assert len({id(r) for r in results}) == 5  # one error each, not one shared
+
+
+@pytest.mark.parametrize("answer", [None, [True], [True] * 7, 42])
+def test_an_add_many_with_a_broken_answer_is_503_not_500(answer: object) -> None:
+    class Broken(MemoryStore):
+        blocking = True
+
+        def add_many(self, records: Sequence[Record]) -> object:
+            return answer
+
+    with WebhookReceiver(SECRET, store=Broken(), process="external") as receiver:
+        results = run(receive_all(receiver, deliveries(3)))
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+
+
+def test_a_failed_commit_leaves_the_intake_connection_usable(tmp_path: Path) -> None:
+    class RollbackJournal(SQLiteStore):
+        """Where WAL is refused (some filesystems): a reader then blocks a writer's commit."""
+
+        def _open(self) -> sqlite3.Connection:
+            conn = super()._open()
+            conn.execute("PRAGMA journal_mode=DELETE")
+            return conn
+
+    path = tmp_path / "inbox.sqlite3"
+    store = RollbackJournal(path, busy_timeout=0.1)
+    now = utcnow()
+    pending = [Record(n, "message.received", b"{}", now, next_attempt_at=now) for n in "abc"]
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM aerostic_webhook_records").fetchone()  # a shared lock
+    with pytest.raises(StoreUnavailable):
+        store.add_many(pending[:1])  # its COMMIT is refused: the database is locked
+    reader.execute("COMMIT")
+    reader.close()
+    assert store.add(pending[1]) is True  # committed on its own, not into the failed batch
+    assert store.add_many(pending[2:]) == [True]
+    store.close()
+    kept = sqlite3.connect(path).execute("SELECT event_id FROM aerostic_webhook_records")
+    assert sorted(row[0] for row in kept) == ["b", "c"]
 
 
 def test_sqlite_add_many_is_one_transaction(tmp_path: Path) -> None:
@@ -264,7 +386,7 @@ def test_a_store_without_add_many_is_written_one_record_at_a_time() -> None:
     bodies = [sample_body("message.received", id=n) for n in ("ok-1", "fail-2", "ok-3")]
     store = OwnStore()
     with WebhookReceiver(SECRET, store=store, process="external") as receiver:  # type: ignore[arg-type]
-        results = asyncio.run(receive_all(receiver, bodies))
+        results = run(receive_all(receiver, bodies))
     assert [type(r).__name__ for r in results] == ["Receipt", "StoreUnavailable", "Receipt"]
     assert sorted(r.event_id for r in store.inner.list()) == [
         "message.received:ok-1",
@@ -281,7 +403,7 @@ def test_a_memory_store_is_written_on_the_loop(tmp_path: Path) -> None:
             return super().add(record)
 
     with WebhookReceiver(SECRET, store=Noting(), process="external") as receiver:
-        asyncio.run(receive_all(receiver, deliveries(3)))
+        run(receive_all(receiver, deliveries(3)))
         assert receiver._intake._thread is None  # never started
     assert on == [threading.current_thread().name] * 3
 
@@ -296,9 +418,35 @@ def test_large_bodies_and_inline_handlers_stay_off_the_loop() -> None:
 
     large = sample_body("message.received", id="large", text="x" * 70_000)  # over 64 KB
     with WebhookReceiver(SECRET, store=Noting(), process="external") as receiver:
-        asyncio.run(receive_all(receiver, [large]))
+        run(receive_all(receiver, [large]))
     with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as receiver:
         receiver.on("*")(lambda event: on.append(threading.current_thread().name))
-        asyncio.run(receive_all(receiver, deliveries(1)))
+        run(receive_all(receiver, deliveries(1)))
     loop_thread = threading.current_thread().name
     assert len(on) == 2 and loop_thread not in on, on
+
+
+def test_a_store_subclass_overriding_add_alone_keeps_its_add(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    class Audited(SQLiteStore):
+        def add(self, record: Record) -> bool:  # its add_many (SQLiteStore's) would skip this
+            seen.append(record.event_id)
+            return super().add(record)
+
+    with WebhookReceiver(SECRET, store=Audited(tmp_path / "i.sqlite3")) as receiver:
+        run(receive_all(receiver, deliveries(3)))
+    assert sorted(seen) == [f"message.received:m-{n}" for n in range(3)]
+
+
+def test_a_receiver_subclass_with_its_own_receive_is_called_off_the_loop() -> None:
+    seen: list[str] = []
+
+    class Noting(WebhookReceiver):
+        def receive(self, body: bytes | bytearray | memoryview, headers: Any) -> Any:
+            seen.append(threading.current_thread().name)
+            return super().receive(body, headers)
+
+    with Noting(SECRET, store=MemoryStore(), process="external") as receiver:
+        run(receive_all(receiver, deliveries(2)))
+    assert len(seen) == 2 and threading.current_thread().name not in seen, seen
