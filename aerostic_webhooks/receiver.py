@@ -227,11 +227,16 @@ class WebhookReceiver:
     ) -> Receipt:
         """``receive`` for a coroutine on an asyncio loop, which it never blocks.
 
-        A small delivery is verified and parsed on the loop; a store that does I/O records it
-        on the receiver's intake thread, many deliveries per transaction. Large bodies and
-        inline receivers (whose handlers run here) go to a thread whole.
+        A small delivery is verified, parsed and named on the loop (so an ``event_id=``
+        callable must not do I/O); a store that does I/O records it on the receiver's intake
+        thread, many deliveries per transaction. Large bodies, inline receivers (whose
+        handlers run here) and subclasses with a ``receive`` of their own go to a thread whole.
         """
-        if len(body) > INLINE_MAX_BYTES or self.process == "inline":
+        if (
+            len(body) > INLINE_MAX_BYTES
+            or self.process == "inline"
+            or type(self).receive is not WebhookReceiver.receive  # a subclass's own receive
+        ):
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(off_loop(), self.receive, body, headers)
         event, event_id, raw = self._accept(body, headers)
@@ -245,14 +250,20 @@ class WebhookReceiver:
     ) -> list[Receipt | StoreUnavailable]:
         """The intake's write: one ``add_many`` call where the store has it, else ``add`` each."""
         records = [self._pending(*accepted) for accepted in batch]
-        add_many: Callable[[list[Record]], Sequence[bool]] | None
-        add_many = getattr(self.store, "add_many", None)
         outcomes: list[bool | StoreUnavailable] = []
+        add_many = _batch_add(self.store)
         if add_many is not None:
             try:
-                outcomes.extend(self._store_call(add_many, records))
+                outcomes = [bool(added) for added in self._store_call(add_many, records)]
+                if len(outcomes) != len(records):
+                    raise StoreUnavailable(
+                        f"add_many gave {len(outcomes)} answers for {len(records)}"
+                    )
             except StoreUnavailable as error:
                 outcomes = [StoreUnavailable(error.reason) for _ in records]
+            except Exception as error:  # an answer that is not a sequence of flags
+                reason = f"add_many answered with {type(error).__name__}"
+                outcomes = [StoreUnavailable(reason) for _ in records]
         else:
             for record in records:
                 try:
@@ -489,6 +500,20 @@ class _ParsedEvents:
 
     def take(self, event_id: str) -> Event | None:
         return self._events.pop(event_id, None)
+
+
+def _batch_add(store: Store) -> Callable[[list[Record]], Sequence[bool]] | None:
+    """The store's ``add_many``, unless a subclass overrides ``add`` below it (then its
+    ``add_many`` would not go through that ``add``)."""
+    mro = type(store).__mro__
+    owner_of_many = next((c for c in mro if "add_many" in vars(c)), None)
+    owner_of_add = next((c for c in mro if "add" in vars(c)), None)
+    if owner_of_many is None or (
+        owner_of_add is not None and mro.index(owner_of_add) < mro.index(owner_of_many)
+    ):
+        return None
+    add_many: Callable[[list[Record]], Sequence[bool]] = getattr(store, "add_many")  # noqa: B009
+    return add_many
 
 
 def _default_store() -> Store:
