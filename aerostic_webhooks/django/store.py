@@ -98,13 +98,19 @@ class DjangoStore:
 
     def add_many(self, records: Sequence[Record]) -> list[bool]:
         """``add`` for several deliveries in one transaction: all are recorded, or none."""
+        added: dict[int, bool] = {}
+        # In id order, so that two processes' batches take the unique index's locks in the same
+        # order and cannot deadlock (PostgreSQL, MySQL).
+        in_order = sorted(range(len(records)), key=lambda n: records[n].event_id)
         try:
             with transaction.atomic(using=self.using):
-                return [self.add(record) for record in records]
+                for n in in_order:
+                    added[n] = self.add(records[n])
         except DatabaseError as error:  # the commit itself failed
             raise StoreUnavailable(
                 f"the database could not record the deliveries: {error}"
             ) from error
+        return [added[n] for n in range(len(records))]
 
     def _claim(self, candidates: QuerySet[WebhookEvent], owner: str, lease: float) -> list[Record]:
         now = utcnow()

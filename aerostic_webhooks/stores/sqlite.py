@@ -83,11 +83,13 @@ class _Connection:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:  # SQLite may have rolled back already (disk full)
+                # SQLite may have rolled back already (disk full); a COMMIT that failed
+                # (busy) has not, and the next user of the connection must not write into it.
+                if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     def _forked(self) -> None:
         """In a forked child: the parent's connection is not ours, and its lock may have been
