@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,8 +24,9 @@ from aerostic_webhooks import (
     WebhookReceiver,
     sign,
 )
-from aerostic_webhooks.stores import Status, Store
+from aerostic_webhooks.stores import Record, Status, Store
 from aerostic_webhooks.stores import sqlite as sqlite_module
+from aerostic_webhooks.stores.base import utcnow
 from aerostic_webhooks.testing import sample_body
 
 from .conftest import SECRET
@@ -151,6 +153,72 @@ def test_a_full_sqlite_disk_gives_store_unavailable(tmp_path: Path) -> None:
         with pytest.raises(StoreUnavailable, match="full"):
             webhooks.receive(*signed(text=big))
         assert store.get("message.received:msg_abc123") is None
+
+
+def _hold_write_lock(path: Path, seconds: float) -> tuple[threading.Thread, threading.Event]:
+    """Another process's transaction, as far as SQLite can tell: the write lock, held a while."""
+    held = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    return holder, held
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["add", "add_many"])
+def test_a_delivery_waits_for_the_write_lock_and_is_recorded(tmp_path: Path, many: bool) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    store = SQLiteStore(path, busy_timeout=5)
+    first, second = (
+        Record(n, "message.received", b"{}", utcnow(), next_attempt_at=utcnow()) for n in "ab"
+    )
+    holder, _ = _hold_write_lock(path, 0.3)
+    started = time.monotonic()
+    recorded = store.add_many([first, second]) if many else [store.add(first)]
+    waited = time.monotonic() - started
+    holder.join()
+    assert all(recorded)
+    assert 0.25 <= waited < 2.0  # it waited for the lock, and took it soon after its release
+    assert store.get("a") is not None
+    store.close()
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["add", "add_many"])
+def test_a_write_lock_held_past_the_busy_timeout_is_store_unavailable(
+    tmp_path: Path, many: bool
+) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    store = SQLiteStore(path, busy_timeout=0.2)
+    record = Record("a", "message.received", b"{}", utcnow(), next_attempt_at=utcnow())
+    holder, _ = _hold_write_lock(path, 1.0)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="locked"):
+        store.add_many([record]) if many else store.add(record)
+    waited = time.monotonic() - started
+    holder.join()
+    assert 0.15 <= waited < 0.9  # about busy_timeout: neither at once nor until the release
+    assert store.get("a") is None
+    store.close()
+
+
+def test_only_a_busy_database_is_retried() -> None:
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise sqlite3.OperationalError("no such table: nowhere")
+
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        sqlite_module._when_free(broken, timeout=5)
+    assert calls == [1]
 
 
 def test_an_unreachable_redis_gives_store_unavailable_quickly(redis_url: str) -> None:
