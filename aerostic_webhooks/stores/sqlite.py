@@ -101,16 +101,32 @@ def _when_free(statement: Callable[[], T], timeout: float) -> T:
 
 
 class _Connection:
-    """One SQLite connection shared by threads under a lock, reopened after a fork."""
+    """One SQLite connection shared by threads under a lock, reopened after a fork.
+
+    With ``retry_busy`` (seconds) and a file in WAL mode, SQLite's own busy timeout is off
+    and ``execute`` waits for the write lock in short steps instead (``_when_free``). Without
+    WAL a refused autocommit statement drops its locks, so retrying it could starve behind
+    readers: SQLite's busy handler, which keeps them, waits there.
+    """
 
     def __init__(
         self, connect: Callable[[], sqlite3.Connection], retry_busy: float | None = None
     ) -> None:
         self._connect = connect
-        self.retry_busy = retry_busy  # set: SQLite's busy timeout is off, _when_free waits
+        self._retry_busy = retry_busy
+        self.retry_busy: float | None = None  # in effect, once the journal mode is known
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._conn = connect()
+        self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = self._connect()
+        self.retry_busy = None
+        wal = conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        if self._retry_busy is not None and wal:
+            conn.execute("PRAGMA busy_timeout=0")
+            self.retry_busy = self._retry_busy
+        return conn
 
     @contextmanager
     def use(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -121,10 +137,10 @@ class _Connection:
             if not write:
                 yield conn
                 return
-            self._execute(conn, "BEGIN IMMEDIATE")
+            self.execute(conn, "BEGIN IMMEDIATE")
             try:
                 yield conn
-                self._execute(conn, "COMMIT")  # busy only without WAL; it may be retried
+                self.execute(conn, "COMMIT")  # busy only without WAL
             except BaseException:
                 # SQLite may have rolled back already (disk full); a COMMIT that failed
                 # (busy) has not, and the next user of the connection must not write into it.
@@ -132,11 +148,13 @@ class _Connection:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _execute(self, conn: sqlite3.Connection, sql: str) -> None:
+    def execute(
+        self, conn: sqlite3.Connection, sql: str, parameters: Sequence[object] = ()
+    ) -> sqlite3.Cursor:
+        """``conn.execute``, waiting for the write lock the way this connection does."""
         if self.retry_busy is None:
-            conn.execute(sql)
-        else:
-            _when_free(lambda: conn.execute(sql), self.retry_busy)
+            return conn.execute(sql, parameters)
+        return _when_free(lambda: conn.execute(sql, parameters), self.retry_busy)
 
     def _forked(self) -> None:
         """In a forked child: the parent's connection is not ours, and its lock may have been
@@ -144,7 +162,7 @@ class _Connection:
         with _FORK_LOCK:
             if self._pid != os.getpid():
                 self._lock = threading.Lock()
-                self._conn = self._connect()
+                self._conn = self._open()
                 self._pid = os.getpid()
 
     def close(self) -> None:
@@ -229,7 +247,6 @@ class SQLiteStore:
         no worker runs anywhere)."""
         conn = self._open()
         conn.execute(f"PRAGMA wal_autocheckpoint={_INTAKE_CHECKPOINT_PAGES}")
-        conn.execute("PRAGMA busy_timeout=0")  # _when_free waits, in shorter steps
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -290,9 +307,8 @@ class SQLiteStore:
 
     def add(self, record: Record) -> bool:
         try:
-            row = _row(record)
             with self._intake.use() as conn:
-                cursor = _when_free(lambda: conn.execute(_INSERT, row), self._busy_timeout)
+                cursor = self._intake.execute(conn, _INSERT, _row(record))
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite could not record the delivery: {error}") from error
         return cursor.rowcount == 1
@@ -301,7 +317,7 @@ class SQLiteStore:
         """``add`` for several deliveries in one transaction: all are recorded, or none."""
         try:
             with self._intake.use(write=True) as conn:
-                return [conn.execute(_INSERT, _row(record)).rowcount == 1 for record in records]
+                return [conn.execute(_INSERT, _row(r)).rowcount == 1 for r in records]
         except sqlite3.Error as error:
             raise StoreUnavailable(f"SQLite could not record the deliveries: {error}") from error
 
