@@ -194,8 +194,9 @@ def wsgi_text(value: bytes) -> str:
     return value.decode("latin-1")
 
 
-def make_receiver() -> WebhookReceiver:
-    return WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT)
+def make_receiver(store: Any = None) -> WebhookReceiver:
+    """The fuzzed receiver: on a MemoryStore unless given another store."""
+    return WebhookReceiver(SECRET, store=store or MemoryStore(), max_body_bytes=LIMIT)
 
 
 # -- Flask ---------------------------------------------------------------------------------------

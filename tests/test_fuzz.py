@@ -1,7 +1,8 @@
 """Fuzzing every adapter with mutated requests: the contract holds and nothing invalid is kept.
 
 Each test drives one adapter (Flask's test client and a raw chunked WSGI call; Starlette's and
-FastAPI's ``TestClient``, with and without a Content-Length; Django's test ``Client`` on the
+FastAPI's ``TestClient``, with and without a Content-Length, on a MemoryStore and on SQLite,
+where deliveries go through the receiver's intake thread; Django's test ``Client`` on the
 app's view at ``/webhooks/aerostic/``, with a MemoryStore receiver and with the app's own
 database-backed one) with requests built by hypothesis:
 
@@ -50,13 +51,14 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import event as tally
 from hypothesis import strategies as st
 
-from aerostic_webhooks import sign
+from aerostic_webhooks import SQLiteStore, sign
 from aerostic_webhooks.testing import sample_body
 
 from ._fuzzing import (
@@ -296,11 +298,14 @@ def test_flask() -> None:
 # -- Starlette and FastAPI -----------------------------------------------------------------------
 
 
+# On SQLite the deliveries go through the receiver's intake thread, many per transaction.
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
 @pytest.mark.parametrize("framework", ["starlette", "fastapi"])
-def test_asgi(framework: str) -> None:
+def test_asgi(framework: str, store: str, tmp_path: Path) -> None:
     pytest.importorskip(framework)
     pytest.importorskip("httpx")
-    with make_receiver() as receiver, quiet(), asgi_send(framework, receiver) as send:
+    inbox = SQLiteStore(tmp_path / "inbox.sqlite3") if store == "sqlite" else None
+    with make_receiver(inbox) as receiver, quiet(), asgi_send(framework, receiver) as send:
         fuzz_adapter(Ledger(receiver.store), send)
 
 
