@@ -245,7 +245,8 @@ def flask_send(receiver: WebhookReceiver) -> Iterator[Send]:
 # -- Starlette and FastAPI -----------------------------------------------------------------------
 
 
-def _starlette_app(receiver: WebhookReceiver) -> Any:
+def starlette_app(receiver: WebhookReceiver) -> Any:
+    """The Starlette app the tests mount the route on (imported late: frameworks are extras)."""
     from starlette.applications import Starlette
 
     from aerostic_webhooks.starlette import webhook_lifespan, webhook_route
@@ -253,7 +254,8 @@ def _starlette_app(receiver: WebhookReceiver) -> Any:
     return Starlette(routes=[webhook_route(URL, receiver)], lifespan=webhook_lifespan(receiver))
 
 
-def _fastapi_app(receiver: WebhookReceiver) -> Any:
+def fastapi_app(receiver: WebhookReceiver) -> Any:
+    """The FastAPI app the tests include the router in."""
     from fastapi import FastAPI
 
     from aerostic_webhooks.fastapi import webhook_router
@@ -268,7 +270,7 @@ def asgi_send(framework: str, receiver: WebhookReceiver) -> Iterator[Send]:
     """Starlette's ``TestClient`` on the Starlette or FastAPI app; chunked: no Content-Length."""
     from starlette.testclient import TestClient
 
-    make_app = _starlette_app if framework == "starlette" else _fastapi_app
+    make_app = starlette_app if framework == "starlette" else fastapi_app
     with TestClient(make_app(receiver)) as client:
 
         def send(request: Request) -> Answer:

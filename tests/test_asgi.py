@@ -17,15 +17,14 @@ pytest.importorskip("fastapi", reason="FastAPI is not installed: pip install -e 
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install -e '.[test]'")
 
 from fastapi import Depends, FastAPI
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message
 
 from aerostic_webhooks import Event, MemoryStore, SQLiteStore, WebhookReceiver
-from aerostic_webhooks.fastapi import verified_event, webhook_router
-from aerostic_webhooks.starlette import webhook_lifespan, webhook_route
+from aerostic_webhooks.fastapi import verified_event
 from aerostic_webhooks.stores import Record
 
+from ._fuzzing import URL, fastapi_app, starlette_app
 from .contract import (
     FAILED,
     LIMIT,
@@ -37,19 +36,6 @@ from .contract import (
     sample_body,
     signed,
 )
-
-URL = "/webhooks/aerostic"
-
-
-def starlette_app(receiver: WebhookReceiver) -> Starlette:
-    return Starlette(routes=[webhook_route(URL, receiver)], lifespan=webhook_lifespan(receiver))
-
-
-def fastapi_app(receiver: WebhookReceiver) -> FastAPI:
-    app = FastAPI()
-    app.include_router(webhook_router(receiver), prefix=URL)
-    return app
-
 
 FRAMEWORKS: dict[str, Callable[[WebhookReceiver], ASGIApp]] = {
     "starlette": starlette_app,
