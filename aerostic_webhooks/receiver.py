@@ -219,8 +219,7 @@ class WebhookReceiver:
         event, event_id, raw = self._accept(body, headers)
         if self.process == "inline":
             return self._receive_inline(event, event_id, raw)
-        added = self._store_call(self.store.add, self._pending(event, event_id, raw))
-        return self._recorded(event, event_id, added)
+        return self._record(event, event_id, raw)
 
     async def receive_async(
         self, body: bytes | bytearray | memoryview, headers: Headers
@@ -241,8 +240,7 @@ class WebhookReceiver:
             return await loop.run_in_executor(off_loop(), self.receive, body, headers)
         event, event_id, raw = self._accept(body, headers)
         if not getattr(self.store, "blocking", True):
-            added = self._store_call(self.store.add, self._pending(event, event_id, raw))
-            return self._recorded(event, event_id, added)
+            return self._record(event, event_id, raw)
         return await self._intake.submit((event, event_id, raw))
 
     def _record_batch(
@@ -299,6 +297,11 @@ class WebhookReceiver:
             default_event_id(event, raw) if self._event_id is None else self._identify(event, raw)
         )
         return event, event_id, raw
+
+    def _record(self, event: Event, event_id: str, raw: bytes) -> Receipt:
+        """Store one accepted delivery with ``add`` and give its receipt."""
+        added = self._store_call(self.store.add, self._pending(event, event_id, raw))
+        return self._recorded(event, event_id, added)
 
     @staticmethod
     def _pending(event: Event, event_id: str, raw: bytes) -> Record:
