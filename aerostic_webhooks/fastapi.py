@@ -2,50 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
+import fastapi.routing
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.routing import APIRoute
 
-from .errors import (
-    InvalidPayload,
-    InvalidSignature,
-    PayloadTooLarge,
-    StoreUnavailable,
-    WebhookError,
-)
-from .events import Event, event_json_schema
+from .errors import WebhookError
+from .events import Event
+from .openapi import operation_extra, responses
 from .receiver import WebhookReceiver
 from .response import declared_length, receive_request_async
-from .signature import SIGNATURE_HEADER
 from .starlette import receive_request, webhook_lifespan
 
 __all__ = ["verified_event", "webhook_router"]
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {"example": {"received": True}}}},
-}
-for _error in (InvalidPayload, InvalidSignature, PayloadTooLarge, StoreUnavailable):
-    _RESPONSES[_error.status_code] = {
-        "description": _error.__doc__,
-        "content": {"application/json": {"example": {"error": _error.public_message}}},
-    }
-_OPENAPI = {
-    "parameters": [
-        {
-            "name": SIGNATURE_HEADER,
-            "in": "header",
-            "required": True,
-            "description": "sha256=<hex HMAC-SHA256 of the raw body, keyed by the secret>",
-            "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
-        }
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": event_json_schema()}},
-    },
-}
+RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class _WebhookRoute(APIRoute):
+    """An ``APIRoute`` that calls its endpoint directly while no dependency is attached.
+
+    The endpoint only takes the request, yet FastAPI's per-request dependency solving costs
+    about as much as the whole delivery. Dependencies that ``include_router`` or the app
+    attach (an API key check, say) bring FastAPI's handler back.
+    """
+
+    def get_route_handler(self) -> RouteHandler:
+        handler = super().get_route_handler()
+        # Newer FastAPI releases build an included route's handler from the inclusion's
+        # dependant (its dependencies too), set aside in this context variable.
+        included = getattr(fastapi.routing, "_effective_route_context_var", None)
+        context: Any = included.get() if included is not None else None
+        ours = getattr(context, "original_route", None) is self
+        if (context.dependant if ours else self.dependant).dependencies:
+            return handler
+        return cast(RouteHandler, self.endpoint)
 
 
 def webhook_router(receiver: WebhookReceiver, *, tags: list[str | Enum] | None = None) -> APIRouter:
@@ -62,9 +56,10 @@ def webhook_router(receiver: WebhookReceiver, *, tags: list[str | Enum] | None =
             receive_webhook,
             methods=["POST"],
             summary="Receive an Aerostic webhook",
-            responses=_RESPONSES,
-            openapi_extra=_OPENAPI,
+            responses=responses(),
+            openapi_extra=operation_extra(),
             include_in_schema=documented,
+            route_class_override=_WebhookRoute,
         )
     return router
 

@@ -16,12 +16,12 @@ pytest.importorskip("starlette", reason="Starlette is not installed: pip install
 pytest.importorskip("fastapi", reason="FastAPI is not installed: pip install -e '.[fastapi]'")
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install -e '.[test]'")
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message
 
 from aerostic_webhooks import Event, MemoryStore, SQLiteStore, WebhookReceiver
-from aerostic_webhooks.fastapi import verified_event
+from aerostic_webhooks.fastapi import verified_event, webhook_router
 from aerostic_webhooks.stores import Record
 
 from ._fuzzing import URL, fastapi_app, starlette_app
@@ -316,3 +316,41 @@ def test_an_external_receiver_processes_nothing_at_shutdown_either(
     record = receiver.store.get("message.received:msg_abc123")
     assert record is not None
     assert record.status == "pending"  # left to the worker process
+
+
+def _guard(calls: list[str], name: str) -> Any:
+    """A dependency that notes each call and refuses requests without ``X-Key: open``."""
+
+    def guard(request: Request) -> None:
+        calls.append(name)
+        if request.headers.get("x-key") != "open":
+            raise HTTPException(403, "no key")
+
+    return Depends(guard)
+
+
+@pytest.mark.parametrize("where", ["include_router", "app", "outer router"])
+def test_dependencies_attached_to_the_router_still_run(where: str) -> None:
+    calls: list[str] = []
+    guard = _guard(calls, where)
+    with WebhookReceiver(SECRET, store=MemoryStore()) as receiver:
+        if where == "app":
+            app = FastAPI(dependencies=[guard])
+            app.include_router(webhook_router(receiver), prefix=URL)
+        elif where == "include_router":
+            app = FastAPI()
+            app.include_router(webhook_router(receiver), prefix=URL, dependencies=[guard])
+        else:
+            outer = APIRouter(dependencies=[guard])
+            outer.include_router(webhook_router(receiver), prefix=URL)
+            app = FastAPI()
+            app.include_router(outer)
+        with TestClient(app) as client:
+            body = sample_body("message.received")
+            assert client.post(URL, content=body, headers=signed(body)).status_code == 403
+            assert receiver.store.get("message.received:msg_abc123") is None
+            opened = {**signed(body), "X-Key": "open"}
+            response = client.post(URL + "/", content=body, headers=opened)
+            assert (response.status_code, response.json()) == (200, {"received": True})
+        assert calls == [where, where]
+        assert receiver.store.get("message.received:msg_abc123") is not None

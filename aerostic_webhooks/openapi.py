@@ -1,0 +1,43 @@
+"""The webhook endpoint in OpenAPI 3 terms, for any framework that publishes a schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import InvalidPayload, InvalidSignature, PayloadTooLarge, StoreUnavailable
+from .events import event_json_schema
+from .signature import SIGNATURE_HEADER
+
+__all__ = ["operation_extra", "responses"]
+
+
+def responses() -> dict[int | str, dict[str, Any]]:
+    """The operation's ``responses``: 200 and each refusal of the response contract."""
+    described: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/json": {"example": {"received": True}}}},
+    }
+    for error in (InvalidPayload, InvalidSignature, PayloadTooLarge, StoreUnavailable):
+        described[error.status_code] = {
+            "description": error.__doc__,
+            "content": {"application/json": {"example": {"error": error.public_message}}},
+        }
+    return described
+
+
+def operation_extra() -> dict[str, Any]:
+    """The signature header and the request body (the union of the event models)."""
+    return {
+        "parameters": [
+            {
+                "name": SIGNATURE_HEADER,
+                "in": "header",
+                "required": True,
+                "description": "sha256=<hex HMAC-SHA256 of the raw body, keyed by the secret>",
+                "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": event_json_schema()}},
+        },
+    }
