@@ -7,6 +7,7 @@ from flask.blueprints import BlueprintSetupState
 
 from .receiver import WebhookReceiver
 from .response import CONTENT_TYPE, respond
+from .wsgi import wsgi_input
 
 __all__ = ["webhook_blueprint"]
 
@@ -14,16 +15,16 @@ __all__ = ["webhook_blueprint"]
 def webhook_blueprint(receiver: WebhookReceiver, name: str = "aerostic_webhooks") -> Blueprint:
     """A blueprint answering ``POST`` at its prefix, with or without a trailing slash.
 
-    The raw body is read from the WSGI stream, bounded by the receiver's limit; Flask's JSON
-    and form parsing are never touched. Give each blueprint its own ``name`` to mount several
-    receivers on one app. The receiver's worker starts when the blueprint is registered.
+    The raw body is read from ``wsgi.input``, bounded by the receiver's limit (which is the
+    route's limit: Flask's ``MAX_CONTENT_LENGTH``, its JSON and form parsing are never
+    touched). Give each blueprint its own ``name`` to mount several receivers on one app.
+    The receiver's worker starts when the blueprint is registered.
     """
     blueprint = Blueprint(name, __name__)
 
     def receive_webhook() -> Response:
-        status, body = respond(
-            receiver, request.headers, request.stream.read, request.content_length
-        )
+        read, length = wsgi_input(request.environ)
+        status, body = respond(receiver, request.headers, read, length)
         return Response(body, status=status, content_type=CONTENT_TYPE)
 
     for rule in ("", "/"):  # both spellings, so a sender is never redirected

@@ -229,3 +229,17 @@ def test_an_external_receiver_runs_no_worker_in_the_web_process() -> None:
         record = receiver.store.get("message.received:msg_abc123")
         assert record is not None
         assert record.status == "pending"
+
+
+def test_the_receiver_limit_not_max_content_length_bounds_the_route(
+    webhooks: WebhookReceiver,
+) -> None:
+    app = make_app(webhooks)
+    app.config["MAX_CONTENT_LENGTH"] = 16  # the app's other routes; the receiver's limit rules here
+    body = sample("message.received")
+    assert len(body) > 16
+    response = app.test_client().post(URL, data=body, headers=signed(body))
+    assert (response.status_code, json.loads(response.data)) == (200, {"received": True})
+    huge = b"x" * (LIMIT + 1)
+    response = app.test_client().post(URL, data=huge, headers=signed(huge))
+    assert_answer(response, Case("over", huge, status=413, json=TOO_LARGE))

@@ -12,6 +12,7 @@ from django.views import View
 from ..errors import StoreUnavailable
 from ..receiver import WebhookReceiver
 from ..response import CONTENT_TYPE, declared_length, render, respond
+from ..wsgi import EnvironHeaders
 from . import get_receiver
 
 __all__ = ["AerosticWebhookView", "AsyncAerosticWebhookView"]
@@ -42,7 +43,8 @@ class AerosticWebhookView(View):
             logger.error("aerostic_webhooks is misconfigured: %s", error)
             status, body = render(StoreUnavailable("misconfigured"))
             return HttpResponse(body, status=status, content_type=CONTENT_TYPE)
-        status, body = respond(receiver, request.headers, _reader(request), _length(request))
+        headers = EnvironHeaders(request.META)  # request.headers would copy every header
+        status, body = respond(receiver, headers, _reader(request), _length(request))
         return HttpResponse(body, status=status, content_type=CONTENT_TYPE)
 
 
