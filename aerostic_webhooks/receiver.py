@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
@@ -452,10 +453,12 @@ class WebhookReceiver:
 
     def stop_serving(self, timeout: float = 10.0) -> None:
         """What an adapter calls when its application stops: finish the work due now (a
-        background receiver only), then stop the worker and close the store."""
+        background receiver only), then stop the worker and close the store, all within
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         if self.process == "background":
             self._worker.drain(timeout)
-        self.close(timeout)
+        self.close(max(deadline - time.monotonic(), 0.0))
 
     def retry(self, event_id: str) -> bool:
         """Queue a failed (or done, or scheduled) record again now; ``False`` if it cannot be."""
@@ -471,10 +474,16 @@ class WebhookReceiver:
         return self._worker.drain(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the worker (waiting up to ``timeout`` for running handlers) and the store."""
-        self._intake.close(timeout)
-        self._worker.close(timeout)
-        self._loop.close()
+        """Stop the worker and the store, waiting at most ``timeout`` seconds in all for the
+        deliveries being recorded and the handlers running."""
+        deadline = time.monotonic() + timeout
+
+        def remaining() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
+        self._intake.close(remaining())
+        self._worker.close(remaining())
+        self._loop.close(remaining())
         self.store.close()
 
     def __enter__(self) -> WebhookReceiver:

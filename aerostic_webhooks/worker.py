@@ -66,20 +66,30 @@ class LoopThread:
             if self._loop is None or self._thread is None or not self._thread.is_alive():
                 loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(
-                    target=loop.run_forever, name="aerostic-webhooks-loop", daemon=True
+                    target=_run_until_stopped,
+                    args=(loop,),
+                    name="aerostic-webhooks-loop",
+                    daemon=True,
                 )
                 self._thread.start()
                 self._loop = loop
             return self._loop
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the loop, waiting up to ``timeout`` for the handler it is running."""
         with self._lock:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
         if loop is not None and thread is not None:
             loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=5)
-            if not thread.is_alive():
-                loop.close()
+            thread.join(timeout)
+
+
+def _run_until_stopped(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop thread: the loop is closed by its own thread, however long ``close`` waited."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 async def _as_coroutine(awaitable: Awaitable[T]) -> T:

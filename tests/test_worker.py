@@ -233,6 +233,30 @@ def test_close_waits_for_running_handlers_and_is_idempotent() -> None:
     assert not [t.name for t in started if t.name.startswith("aerostic-webhooks")]
 
 
+@pytest.mark.parametrize("stop", ["close", "stop_serving"])
+def test_close_waits_no_longer_than_its_timeout_in_all(stop: str) -> None:
+    """A handler that outlives the timeout: the drain, the handler threads and the handlers'
+    event loop share the one timeout, instead of each waiting it in turn."""
+    release = threading.Event()
+    started = threading.Event()
+    webhooks = WebhookReceiver(SECRET, store=MemoryStore())
+
+    @webhooks.on("message.received")
+    async def stuck(event: Event) -> None:  # blocks the handlers' loop thread too
+        started.set()
+        release.wait(10)
+
+    try:
+        deliver(webhooks)
+        assert started.wait(5)
+        began = time.monotonic()
+        getattr(webhooks, stop)(timeout=0.6)
+        took = time.monotonic() - began
+        assert 0.5 <= took < 1.1, took  # each part waiting the whole 0.6 s took 1.2 s or more
+    finally:
+        release.set()
+
+
 def test_retention_purges_finished_records_only() -> None:
     store = MemoryStore()
     old = utcnow() - timedelta(days=8)
