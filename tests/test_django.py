@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from django.core.management.base import SystemCheckError
 from django.db.models import QuerySet
 from django.test import Client
 
-from aerostic_webhooks import MessageReceived, WebhookReceiver
+from aerostic_webhooks import MessageReceived, StoreUnavailable, WebhookReceiver
 from aerostic_webhooks.django import get_receiver
 from aerostic_webhooks.django.apps import AerosticWebhooksConfig, check_settings, request_cycle
 from aerostic_webhooks.django.models import WebhookEvent
@@ -31,7 +32,8 @@ from aerostic_webhooks.django.signals import (
     webhook_received,
 )
 from aerostic_webhooks.django.store import DjangoStore
-from aerostic_webhooks.stores import Status
+from aerostic_webhooks.stores import Record, Status
+from aerostic_webhooks.stores.base import utcnow
 
 from .contract import LIMIT, SECRET, Case, cases, sample_body, signed
 from .django_settings import POSTGRES_AVAILABLE
@@ -317,6 +319,50 @@ def test_postgres_store_contract() -> None:
         assert store.purge(older_than=store.list()[0].received_at + timedelta(seconds=1)) == 1
     finally:
         receiver.close()
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_two_batches_of_the_same_ids_in_opposite_orders_do_not_deadlock() -> None:
+    """Two processes' batches naming the same deliveries in opposite orders: had each inserted
+    in its own order, each would hold one row's index lock and wait for the other's."""
+    from django.db import connections
+
+    both_inserted_once = threading.Barrier(2)
+
+    class Pausing(DjangoStore):
+        def add(self, record: Record) -> bool:
+            added = super().add(record)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_inserted_once.wait(1)  # the other one may be blocked on our row instead
+            return added
+
+    now = utcnow()
+    records = [
+        Record(f"message.received:order-{n}", "message.received", b"{}", now, next_attempt_at=now)
+        for n in range(2)
+    ]
+    answers: dict[str, Any] = {}
+
+    def write(name: str, batch: list[Record]) -> None:
+        try:
+            answers[name] = Pausing(using="postgres").add_many(batch)
+        except StoreUnavailable as error:
+            answers[name] = error
+        finally:
+            connections.close_all()
+
+    threads = [
+        threading.Thread(target=write, args=("forward", records)),
+        threading.Thread(target=write, args=("backward", records[::-1])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(map(str, answers.values())) == ["[False, False]", "[True, True]"], answers
+    rows = WebhookEvent.objects.using("postgres").filter(event_id__startswith="message.received:o")
+    assert rows.count() == 2
 
 
 def test_postgres_is_reachable() -> None:

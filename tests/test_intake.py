@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from aerostic_webhooks import MemoryStore, SQLiteStore, StoreUnavailable, WebhookReceiver
-from aerostic_webhooks.intake import _STOP, Intake
+from aerostic_webhooks.intake import _STOP, Intake, off_loop
 from aerostic_webhooks.stores import Record, Status
 from aerostic_webhooks.stores.base import utcnow
 
@@ -134,6 +134,21 @@ def test_a_cancelled_request_does_not_disturb_the_others() -> None:
     assert write.batches == [[0], [2, 4]]  # written all the same, and answered to nobody
 
 
+def test_an_outcome_a_future_refuses_fails_its_request_and_no_other() -> None:
+    def write(batch: list[int]) -> list[object]:
+        # StopIteration cannot be set on a future (it would end the awaiting coroutine oddly)
+        return [StopIteration() if n == 1 else n * 10 for n in batch]
+
+    intake: Intake[int, int] = Intake(write)  # type: ignore[arg-type]
+    try:
+        results = run(submit_all(intake, range(3)))
+    finally:
+        intake.close()
+    assert results[0] == 0 and results[2] == 20
+    assert isinstance(results[1], RuntimeError)
+    assert isinstance(results[1].__cause__, TypeError)  # the future's refusal
+
+
 def test_requests_from_several_loops_are_each_answered_on_their_own() -> None:
     write = Recorder()
     intake: Intake[int, int] = Intake(write)
@@ -202,6 +217,34 @@ def test_a_forked_child_starts_afresh_even_if_the_lock_was_held_at_the_fork() ->
         os.waitpid(pid, 0)
         os.close(read)
         intake.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_receives_large_bodies_on_a_pool_of_its_own() -> None:
+    """The parent's pool threads do not exist in a child: work sent to the inherited pool
+    would wait forever (a gunicorn worker forked after the app received at import time)."""
+    large = sample_body("message.received", id="large-0", text="x" * 70_000)  # over 64 KB
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="external") as receiver:
+        assert run(receive_all(receiver, [large])) != []  # the parent's pool is running
+        assert off_loop()._threads  # type: ignore[attr-defined]
+        read, send = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(int(WAIT))  # a request waiting on a dead pool ends the child
+            try:
+                again = large.replace(b"large-0", b"large-1")
+                (outcome,) = run(receive_all(receiver, [again]))
+                code = 0 if getattr(outcome, "duplicate", None) is False else 1
+            except BaseException:
+                code = 2
+            os.write(send, bytes([code]))
+            os._exit(0)
+        os.close(send)
+        try:
+            assert os.read(read, 1) == bytes([0])
+        finally:
+            os.waitpid(pid, 0)
+            os.close(read)
 
 
 def test_a_request_racing_close_is_answered() -> None:
