@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -183,12 +183,33 @@ def test_close_stops_the_thread_and_a_later_request_starts_another() -> None:
         intake.close(5)
 
 
+def check_in_a_forked_child(check: Callable[[], bool], then: Callable[[], None]) -> None:
+    """Run ``check`` in a forked child, and ``then`` in the parent meanwhile; the child must
+    answer True before ``WAIT`` seconds (an alarm ends a child that hangs)."""
+    read, send = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(int(WAIT))
+        try:
+            code = 0 if check() else 1
+        except BaseException:
+            code = 2
+        os.write(send, bytes([code]))
+        os._exit(0)
+    then()
+    os.close(send)
+    try:
+        assert os.read(read, 1) == bytes([0])
+    finally:
+        os.waitpid(pid, 0)
+        os.close(read)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_forked_child_starts_afresh_even_if_the_lock_was_held_at_the_fork() -> None:
     write = Recorder()
     intake: Intake[int, int] = Intake(write)
     assert run(intake.submit(2)) == 20  # the parent's thread is running
-    read, send = os.pipe()
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:  # another thread of the parent, in the middle of a submit at the fork
@@ -196,26 +217,17 @@ def test_a_forked_child_starts_afresh_even_if_the_lock_was_held_at_the_fork() ->
             held.set()
             release.wait(WAIT)
 
+    def let_go() -> None:
+        release.set()
+        holder.join(WAIT)
+
     holder = threading.Thread(target=hold)
     holder.start()
     held.wait(WAIT)
-    pid = os.fork()
-    if pid == 0:  # the child: the parent's thread and its lock holder do not exist here
-        signal.alarm(int(WAIT))  # a deadlock on the inherited lock ends the child
-        try:
-            code = 0 if run(intake.submit(6)) == 60 else 1
-        except BaseException:
-            code = 2
-        os.write(send, bytes([code]))
-        os._exit(0)
-    release.set()
-    holder.join(WAIT)
-    os.close(send)
     try:
-        assert os.read(read, 1) == bytes([0])
+        # The child: the parent's thread and its lock holder do not exist there.
+        check_in_a_forked_child(lambda: run(intake.submit(6)) == 60, let_go)
     finally:
-        os.waitpid(pid, 0)
-        os.close(read)
         intake.close()
 
 
@@ -227,24 +239,13 @@ def test_a_forked_child_receives_large_bodies_on_a_pool_of_its_own() -> None:
     with WebhookReceiver(SECRET, store=MemoryStore(), process="external") as receiver:
         assert run(receive_all(receiver, [large])) != []  # the parent's pool is running
         assert off_loop()._threads  # type: ignore[attr-defined]
-        read, send = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            signal.alarm(int(WAIT))  # a request waiting on a dead pool ends the child
-            try:
-                again = large.replace(b"large-0", b"large-1")
-                (outcome,) = run(receive_all(receiver, [again]))
-                code = 0 if getattr(outcome, "duplicate", None) is False else 1
-            except BaseException:
-                code = 2
-            os.write(send, bytes([code]))
-            os._exit(0)
-        os.close(send)
-        try:
-            assert os.read(read, 1) == bytes([0])
-        finally:
-            os.waitpid(pid, 0)
-            os.close(read)
+
+        def receive_another() -> bool:
+            again = large.replace(b"large-0", b"large-1")
+            (outcome,) = run(receive_all(receiver, [again]))
+            return getattr(outcome, "duplicate", None) is False
+
+        check_in_a_forked_child(receive_another, lambda: None)
 
 
 def test_a_request_racing_close_is_answered() -> None:
