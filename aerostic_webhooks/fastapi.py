@@ -23,20 +23,20 @@ RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class _WebhookRoute(APIRoute):
-    """An ``APIRoute`` that calls its endpoint directly while no dependency is attached.
-
-    The endpoint only takes the request, yet FastAPI's per-request dependency solving costs
-    about as much as the whole delivery. Dependencies that ``include_router`` or the app
-    attach (an API key check, say) bring FastAPI's handler back.
-    """
+    """An ``APIRoute`` that calls its endpoint directly: FastAPI's dependency solving costs
+    about as much as the whole delivery, for an endpoint that only takes the request. FastAPI's
+    handler stays where it has work: dependencies attached by ``include_router`` or the app
+    (an API key check, say), or an integration wrapping FastAPI's handlers (Sentry's)."""
 
     def get_route_handler(self) -> RouteHandler:
         handler = super().get_route_handler()
-        # Newer FastAPI releases build an included route's handler from the inclusion's
-        # dependant (its dependencies too), set aside in this context variable.
+        # Newer FastAPI keeps an included route's dependant (with its dependencies) here.
         included = getattr(fastapi.routing, "_effective_route_context_var", None)
         context: Any = included.get() if included is not None else None
         ours = getattr(context, "original_route", None) is self
+        code = getattr(handler, "__code__", None)  # not FastAPI's own: an integration wraps it
+        if getattr(code, "co_filename", None) != fastapi.routing.__file__:
+            return handler
         if (context.dependant if ours else self.dependant).dependencies:
             return handler
         return cast(RouteHandler, self.endpoint)

@@ -354,3 +354,32 @@ def test_dependencies_attached_to_the_router_still_run(where: str) -> None:
             assert (response.status_code, response.json()) == (200, {"received": True})
         assert calls == [where, where]
         assert receiver.store.get("message.received:msg_abc123") is not None
+
+
+def test_an_integration_wrapping_fastapis_handlers_still_sees_the_deliveries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sentry's FastAPI integration replaces ``get_request_handler`` with a wrapper that names
+    the transaction: the webhook route must keep going through it."""
+    import fastapi.routing
+
+    seen: list[str] = []
+    original = fastapi.routing.get_request_handler
+
+    def wrapping(*args: Any, **kwargs: Any) -> Any:
+        handler = original(*args, **kwargs)
+
+        async def wrapped(request: Request) -> Any:
+            seen.append(request.url.path)
+            return await handler(request)
+
+        return wrapped
+
+    monkeypatch.setattr(fastapi.routing, "get_request_handler", wrapping)
+    with WebhookReceiver(SECRET, store=MemoryStore()) as receiver:
+        app = FastAPI()
+        app.include_router(webhook_router(receiver), prefix=URL)
+        with TestClient(app) as client:
+            body = sample_body("message.received")
+            assert client.post(URL, content=body, headers=signed(body)).status_code == 200
+    assert seen == [URL]
