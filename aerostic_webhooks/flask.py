@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
 
@@ -15,16 +17,20 @@ __all__ = ["webhook_blueprint"]
 def webhook_blueprint(receiver: WebhookReceiver, name: str = "aerostic_webhooks") -> Blueprint:
     """A blueprint answering ``POST`` at its prefix, with or without a trailing slash.
 
-    The raw body is read from ``wsgi.input``, bounded by the receiver's limit (which is the
-    route's limit: Flask's ``MAX_CONTENT_LENGTH``, its JSON and form parsing are never
-    touched). Give each blueprint its own ``name`` to mount several receivers on one app.
-    The receiver's worker starts when the blueprint is registered.
+    The raw body is read from ``wsgi.input``, bounded by the receiver's limit (the route's
+    only limit: Flask's ``MAX_CONTENT_LENGTH``, JSON and form parsing are never touched), or
+    taken from Werkzeug if a ``before_request`` hook of the app read it first. Give each
+    blueprint its own ``name`` to mount several receivers on one app. The receiver's worker
+    starts when the blueprint is registered.
     """
     blueprint = Blueprint(name, __name__)
 
     def receive_webhook() -> Response:
-        read, length = wsgi_input(request.environ)
-        status, body = respond(receiver, request.headers, read, length)
+        if "stream" in request.__dict__:  # a hook of the app read the body: Werkzeug has it
+            data = request.get_data(cache=True)
+            status, body = respond(receiver, request.headers, io.BytesIO(data).read, len(data))
+        else:
+            status, body = respond(receiver, request.headers, *wsgi_input(request.environ))
         return Response(body, status=status, content_type=CONTENT_TYPE)
 
     for rule in ("", "/"):  # both spellings, so a sender is never redirected

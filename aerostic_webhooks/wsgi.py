@@ -12,7 +12,7 @@ from typing import Any
 
 from .response import declared_length
 
-__all__ = ["EnvironHeaders", "wsgi_input"]
+__all__ = ["EnvironHeaders", "body_length", "wsgi_input"]
 
 _UNPREFIXED = frozenset({"CONTENT_TYPE", "CONTENT_LENGTH"})
 
@@ -35,27 +35,38 @@ class EnvironHeaders(Mapping[str, str]):
 
     def __iter__(self) -> Iterator[str]:
         for key, value in self._environ.items():
-            if isinstance(value, str) and (key.startswith("HTTP_") or key in _UNPREFIXED):
+            if not isinstance(key, str) or not isinstance(value, str):
+                continue
+            # Some servers copy the two unprefixed ones to HTTP_ keys as well: name them once.
+            if key in _UNPREFIXED or (key.startswith("HTTP_") and key[5:] not in _UNPREFIXED):
                 yield key.removeprefix("HTTP_").replace("_", "-").title()
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
 
+def body_length(environ: Mapping[str, Any]) -> int | None:
+    """The declared length of the body: ``CONTENT_LENGTH``, unless the body is chunked (then
+    ``Transfer-Encoding`` wins, as HTTP says, and a server may have passed both along)."""
+    if "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower():
+        return None
+    return declared_length(environ.get("CONTENT_LENGTH"))
+
+
 def wsgi_input(environ: Mapping[str, Any]) -> tuple[Callable[[int], bytes], int | None]:
     """How to read a request's raw body, and its declared length.
 
-    ``wsgi.input`` is read up to ``CONTENT_LENGTH``, or to its end where the server ends it
-    there (``wsgi.input_terminated``: a chunked body under gunicorn or Werkzeug). A body with
-    neither could block the worker on a socket that stays open, so it reads as empty.
+    ``wsgi.input`` is read to its end where the server ends it where the body ends
+    (``wsgi.input_terminated``: gunicorn, Werkzeug), else up to the declared length. A body
+    with neither could block the worker on a socket that stays open, so it reads as empty.
     """
-    length = declared_length(environ.get("CONTENT_LENGTH"))
+    length = body_length(environ)
     stream = environ.get("wsgi.input")
-    if stream is None or (length is None and not environ.get("wsgi.input_terminated")):
-        return _nothing, length
-    if length is None:
+    if stream is not None and environ.get("wsgi.input_terminated"):
         read: Callable[[int], bytes] = stream.read
-        return read, None
+        return read, length
+    if stream is None or length is None:
+        return _nothing, length
     remaining = length
 
     def read_declared(size: int) -> bytes:

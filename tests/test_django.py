@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -271,6 +272,22 @@ def test_admin_lists_filters_shows_and_reprocesses(client: Client, received: Rec
     assert "1 event(s) queued" in response.content.decode()
     assert get_receiver().drain(30)
     assert [call["event_id"] for call in received.calls].count("contact.created:contact_xyz") == 2
+
+
+def test_a_chunked_body_with_a_content_length_is_read_whole(client: Client) -> None:
+    """A server that ends the input where a chunked body ends, and passes a Content-Length
+    along as well: the chunking wins, and the whole body is read."""
+    body = sample_body("message.read")
+    response = client.generic(
+        "POST",
+        URL,
+        data=body,
+        content_type="application/json",
+        headers={**signed(body), "Transfer-Encoding": "chunked"},
+        CONTENT_LENGTH="10",
+        **{"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True},
+    )
+    assert (response.status_code, json.loads(response.content)) == (200, {"received": True})
 
 
 @pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")

@@ -243,3 +243,37 @@ def test_the_receiver_limit_not_max_content_length_bounds_the_route(
     huge = b"x" * (LIMIT + 1)
     response = app.test_client().post(URL, data=huge, headers=signed(huge))
     assert_answer(response, Case("over", huge, status=413, json=TOO_LARGE))
+
+
+def test_a_body_a_before_request_hook_read_first_is_received(webhooks: WebhookReceiver) -> None:
+    """A request logger reading ``request.get_data()`` before the blueprint: the body comes
+    from Werkzeug, not from the server's input (on a socket that read would never end)."""
+    app = make_app(webhooks)
+    logged: list[int] = []
+
+    @app.before_request
+    def log_body() -> None:
+        logged.append(len(flask.request.get_data()))
+
+    body = sample("message.delivered")
+    response = app.test_client().post(URL, data=body, headers=signed(body))
+    assert (response.status_code, json.loads(response.data)) == (200, {"received": True})
+    assert logged == [len(body)]
+    huge = b"x" * (LIMIT + 1)
+    assert_answer(
+        app.test_client().post(URL, data=huge, headers=signed(huge)),
+        Case("over", huge, status=413, json=TOO_LARGE),
+    )
+
+
+def test_a_chunked_body_with_a_content_length_is_read_whole(webhooks: WebhookReceiver) -> None:
+    """Werkzeug's server passes a chunked request's Content-Length along; the chunking wins."""
+    body = sample("message.read")
+    environ = create_environ(
+        URL, method="POST", headers={**signed(body), "Transfer-Encoding": "chunked"}
+    )
+    environ.update(
+        {"CONTENT_LENGTH": "10", "wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True}
+    )
+    app_iter, status, _ = run_wsgi_app(make_app(webhooks).wsgi_app, environ, buffered=True)
+    assert (status, b"".join(app_iter)) == ("200 OK", b'{"received": true}')

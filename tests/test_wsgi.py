@@ -12,7 +12,7 @@ from aerostic_webhooks.receiver import _header
 from aerostic_webhooks.response import respond
 from aerostic_webhooks.signature import SIGNATURE_HEADER
 from aerostic_webhooks.testing import sample_body
-from aerostic_webhooks.wsgi import EnvironHeaders, wsgi_input
+from aerostic_webhooks.wsgi import EnvironHeaders, body_length, wsgi_input
 
 SECRET = "whsec_wsgi_test"
 
@@ -45,7 +45,10 @@ def test_headers_are_found_by_name_in_any_case() -> None:
 
 
 def test_headers_iterate_as_the_request_had_them() -> None:
-    headers = EnvironHeaders(environ(HTTP_X_ODD=b"bytes are no header", SERVER_NAME="x"))
+    # HTTP_CONTENT_TYPE: a server that copied the unprefixed CONTENT_TYPE, as some do
+    env: dict[Any, Any] = environ(SERVER_NAME="x", HTTP_CONTENT_TYPE="application/json")
+    env.update({"HTTP_X_ODD": b"bytes are no header", 7: "a key that is no string"})
+    headers = EnvironHeaders(env)
     assert sorted(headers) == ["Content-Type", "Host", "X-Aerostic-Signature"]
     assert len(headers) == 3
     assert headers.get("X-Odd") is None
@@ -70,7 +73,28 @@ def test_a_terminated_body_is_read_to_its_end() -> None:
     assert read(65536) == b""
 
 
-@pytest.mark.parametrize("extra", [{"wsgi.input": Untouchable()}, {}])
+def test_a_terminated_body_is_read_to_its_end_whatever_its_declared_length() -> None:
+    stream = io.BytesIO(b"a chunked body, with a Content-Length the server passed along")
+    env = environ(
+        CONTENT_LENGTH="10",
+        HTTP_TRANSFER_ENCODING="chunked",
+        **{"wsgi.input": stream, "wsgi.input_terminated": True},
+    )
+    read, length = wsgi_input(env)
+    assert length is None  # chunked: Transfer-Encoding wins over Content-Length
+    assert read(65536) == stream.getvalue()
+    assert body_length(environ(CONTENT_LENGTH="10", HTTP_TRANSFER_ENCODING="gzip, Chunked")) is None
+    assert body_length(environ(CONTENT_LENGTH="10", HTTP_TRANSFER_ENCODING="identity")) == 10
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"wsgi.input": Untouchable()},
+        {},
+        {"wsgi.input": Untouchable(), "HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": "5"},
+    ],
+)
 def test_a_body_without_length_or_end_reads_as_empty(extra: dict[str, Any]) -> None:
     read, length = wsgi_input(environ(**extra))
     assert length is None

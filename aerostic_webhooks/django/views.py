@@ -11,8 +11,8 @@ from django.views import View
 
 from ..errors import StoreUnavailable
 from ..receiver import WebhookReceiver
-from ..response import CONTENT_TYPE, declared_length, render, respond
-from ..wsgi import EnvironHeaders
+from ..response import CONTENT_TYPE, render, respond
+from ..wsgi import EnvironHeaders, body_length
 from . import get_receiver
 
 __all__ = ["AerosticWebhookView", "AsyncAerosticWebhookView"]
@@ -61,7 +61,7 @@ class AsyncAerosticWebhookView(AerosticWebhookView):
 
 
 def _length(request: HttpRequest) -> int | None:
-    return declared_length(request.META.get("CONTENT_LENGTH"))
+    return body_length(request.META)
 
 
 def _reader(request: HttpRequest) -> Any:
