@@ -266,6 +266,15 @@ class Worker:
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(deadline - time.monotonic(), 0))
+        with self._changed:
+            unfinished = len(self._in_flight)
+        if unfinished:
+            logger.warning(
+                "stopped after %gs with %d record(s) still being handled; each runs again "
+                "once its lease ends",
+                timeout,
+                unfinished,
+            )
 
     def _handle_loop(
         self,
