@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+from typing import Any, cast
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Request, Response, request
 from flask.blueprints import BlueprintSetupState
 
 from .receiver import WebhookReceiver
@@ -26,11 +27,13 @@ def webhook_blueprint(receiver: WebhookReceiver, name: str = "aerostic_webhooks"
     blueprint = Blueprint(name, __name__)
 
     def receive_webhook() -> Response:
-        if "stream" in request.__dict__:  # a hook of the app read the body: Werkzeug has it
-            data = request.get_data(cache=True)
-            status, body = respond(receiver, request.headers, io.BytesIO(data).read, len(data))
+        # The request itself: each attribute read through the proxy is a context lookup.
+        current: Request = cast(Any, request)._get_current_object()
+        if "stream" in current.__dict__:  # a hook of the app read the body: Werkzeug has it
+            data = current.get_data(cache=True)
+            status, body = respond(receiver, current.headers, io.BytesIO(data).read, len(data))
         else:
-            status, body = respond(receiver, request.headers, *wsgi_input(request.environ))
+            status, body = respond(receiver, current.headers, *wsgi_input(current.environ))
         return Response(body, status=status, content_type=CONTENT_TYPE)
 
     for rule in ("", "/"):  # both spellings, so a sender is never redirected
