@@ -56,9 +56,10 @@ def body_length(environ: Mapping[str, Any]) -> int | None:
 def wsgi_input(environ: Mapping[str, Any]) -> tuple[Callable[[int], bytes], int | None]:
     """How to read a request's raw body, and its declared length.
 
-    ``wsgi.input`` is read to its end where the server ends it where the body ends
-    (``wsgi.input_terminated``: gunicorn, Werkzeug), else up to the declared length. A body
-    with neither could block the worker on a socket that stays open, so it reads as empty.
+    ``wsgi.input`` is read to its end where the server says it ends with the body
+    (``wsgi.input_terminated``: gunicorn, Werkzeug's server for a chunked body), else up to
+    the declared length. A body with neither could leave the worker waiting on a socket that
+    stays open, so it reads as empty.
     """
     length = body_length(environ)
     stream = environ.get("wsgi.input")

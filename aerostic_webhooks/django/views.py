@@ -67,8 +67,9 @@ def _length(request: HttpRequest) -> int | None:
 def _reader(request: HttpRequest) -> Any:
     """How to read the raw body without Django's DATA_UPLOAD_MAX_MEMORY_SIZE (a 400, not 413).
 
-    A chunked body under a WSGI server has no CONTENT_LENGTH, and Django's own stream is then
-    empty: read the server's input, which ends where the body ends (``wsgi.input_terminated``).
+    A chunked body under a WSGI server has no usable CONTENT_LENGTH, and Django's own stream
+    is then empty or cut short: read the server's input, which ends where the body ends
+    (``wsgi.input_terminated``).
     """
     meta = request.META
     if _length(request) is None and meta.get("wsgi.input_terminated") and "wsgi.input" in meta:
