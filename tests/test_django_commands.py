@@ -21,10 +21,10 @@ import pytest
 
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS
 
-from .servers import manage
+from .servers import DJANGO_PROJECT, manage
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = ROOT / "examples" / "django_project"
+PROJECT = DJANGO_PROJECT
 SECRET = "whsec_django_commands_test"
 TABLE = "aerostic_webhooks_webhookevent"
 PHONE = SAMPLE_PAYLOADS["message.received"]["data"]["from"]

@@ -32,7 +32,7 @@ from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
 from . import servers as server_helpers
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = ROOT / "examples" / "django_project"
+PROJECT = server_helpers.DJANGO_PROJECT
 SECRET = "whsec_django_server_test"
 RECEIVER_SECONDS = 10.0
 URL = "/webhooks/aerostic/"

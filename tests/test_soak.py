@@ -60,7 +60,7 @@ from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
 from . import servers as server_helpers
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = ROOT / "examples" / "django_project"
+PROJECT = server_helpers.DJANGO_PROJECT
 SECRET = "whsec_soak_test"
 FORGED_SECRET = "whsec_guessed"
 DELIVERIES = int(os.environ.get("AEROSTIC_SOAK_DELIVERIES") or 400)
