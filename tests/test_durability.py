@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import mmap
 import os
 import shutil
 import signal
@@ -452,9 +453,8 @@ def test_sigkill_mid_run_loses_nothing_and_repeats_nothing_done(
     store.close()
 
 
-def _in_child(body: Callable[[], None], timeout: float = 20.0) -> int:
-    """Fork, run ``body`` in the child (exit 0 if it returns, 1 if it raises); the exit code,
-    or -1 if the child had not finished after ``timeout`` seconds (then it is killed)."""
+def _fork(body: Callable[[], None]) -> int:
+    """Fork and run ``body`` in the child, which exits 0 if it returns, 1 if it raises."""
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         code = 1
@@ -463,6 +463,12 @@ def _in_child(body: Callable[[], None], timeout: float = 20.0) -> int:
             code = 0
         finally:
             os._exit(code)
+    return pid
+
+
+def _exit_code(pid: int, timeout: float = 20.0) -> int:
+    """A forked child's exit code, or -1 if it had not finished after ``timeout`` seconds
+    (then it is killed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -472,6 +478,35 @@ def _in_child(body: Callable[[], None], timeout: float = 20.0) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return -1
+
+
+def _in_child(body: Callable[[], None], timeout: float = 20.0) -> int:
+    """Run ``body`` in a forked child; its exit code as ``_exit_code`` gives it."""
+    return _exit_code(_fork(body), timeout)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_processes_creating_the_same_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # gunicorn -w N without --preload: each worker builds the app, so N processes create
+    # one new SQLite file at the same moment. Switching it to WAL collided: SQLite refuses
+    # that lock at once, busy timeout or not, and a worker failed to boot (in 16 of 20
+    # tries of this test before the fix).
+    for attempt in range(10):
+        path = tmp_path / f"inbox{attempt}.sqlite3"
+        go = mmap.mmap(-1, 1)  # shared with the children: they spin on it, then start together
+
+        def worker(go: mmap.mmap = go, path: Path = path) -> None:
+            while go[0] == 0:
+                pass
+            SQLiteStore(path).close()
+
+        pids = [_fork(worker) for _ in range(2)]
+        time.sleep(0.02)
+        go[0] = 1
+        assert [_exit_code(pid) for pid in pids] == [0, 0], f"attempt {attempt}"
+        with SQLiteStore(path) as store:
+            assert store.schema_version == sqlite_module.SCHEMA_VERSION
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")

@@ -263,7 +263,10 @@ class SQLiteStore:
                 f"(does the directory {str(Path(self.path).parent)!r} exist and is it writable?)"
             ) from error
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            # A new file's switch to WAL takes an exclusive lock, and SQLite refuses at once
+            # (busy timeout or not) a lock it could only wait for by deadlocking: gunicorn
+            # workers opening a new file together meet here.
+            _when_free(lambda: conn.execute("PRAGMA journal_mode=WAL"), self._busy_timeout)
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             self._migrate(conn)
         except sqlite3.Error as error:
