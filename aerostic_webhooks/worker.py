@@ -164,6 +164,8 @@ class Worker:
         # due for us, and going idle costs no empty claim.
         self._wakes = 0
         self._looked: int | None = None
+        # When a claim last came back short (everything due was taken): see _step.
+        self._drained_at = -float("inf")
         # Handled records not yet marked done in the store, from any thread; see _complete.
         self._done: list[Record] = []
         # Seconds a record takes to run and settle, a moving average; pessimistic at first.
@@ -218,11 +220,12 @@ class Worker:
     def wake(self) -> None:
         """Tell an idle handler thread that a record may be due now.
 
-        Busy threads look for more work before they go idle, and one token at a time is out,
-        so under load this costs the request two attribute reads, not a thread switch.
+        Busy threads look for more work before they go idle, a thread that is claiming looks
+        again once it is done, and one token at a time is out: under load this costs the
+        request a few attribute reads, not a thread switch.
         """
         self._wakes += 1
-        if self._idle and not self._token_out:
+        if self._idle and not self._token_out and not self._claim_lock.locked():
             self._token_out = True
             self._tokens.put(True)
 
@@ -329,7 +332,13 @@ class Worker:
                     and self._claim_lock.acquire(blocking=False)
                 ):
                     try:
-                        records = self._claim(stopped)
+                        # All that was due was claimed a moment ago: let the deliveries that
+                        # came since gather for the rest of the window, so a steady stream is
+                        # claimed in batches rather than a few records a transaction.
+                        pause = self._drained_at + self._coalesce - time.monotonic()
+                        if pause > 0:
+                            stopped.wait(pause)
+                        records = [] if stopped.is_set() else self._claim(stopped)
                     finally:
                         self._claim_lock.release()
                     if records:
@@ -346,7 +355,14 @@ class Worker:
             return True
 
     def _wait_for(self) -> float:
-        """Sleep until the next record falls due, but at most ``poll_interval``."""
+        """Sleep until the next record falls due, but at most ``poll_interval``.
+
+        While another thread claims, it is the one to look: it wakes us if it takes more
+        than it can run, so we need not ask the store (nor poll every millisecond while the
+        records it is about to take are due).
+        """
+        if self._claim_lock.locked():
+            return self._poll_interval
         try:
             with self._context():
                 due = self.store.next_due()
@@ -369,6 +385,7 @@ class Worker:
             records = self.store.claim(owner, limit=limit, lease=self._lease)
             if len(records) < limit:
                 self._looked = wakes
+                self._drained_at = time.monotonic()
         except Exception:
             logger.warning("could not claim work from the store; trying again", exc_info=True)
             stopped.wait(self._poll_interval)

@@ -586,13 +586,14 @@ def test_quick_records_are_claimed_and_completed_in_batches() -> None:
 
 def test_a_slow_record_does_not_hold_back_the_quick_ones_claimed_with_it() -> None:
     store = CountingStore()
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
     quick: list[str] = []
     with WebhookReceiver(SECRET, store=store, concurrency=2) as webhooks:
 
         @webhooks.on("*")
         def handler(event: Event) -> None:
             if event.data.id == "slow":
+                started.set()
                 release.wait(10)
             else:
                 quick.append(event.data.id)
@@ -602,8 +603,8 @@ def test_a_slow_record_does_not_hold_back_the_quick_ones_claimed_with_it() -> No
         del quick[:]
         record_without_processing(webhooks, ["slow", *(f"q{i}" for i in range(20))])
         try:
-            webhooks.start()
-            deadline = time.monotonic() + 5
+            assert started.wait(5)  # the worker's next poll claimed them all
+            deadline = time.monotonic() + 0.5  # well before the next poll
             while len(quick) < 20 and time.monotonic() < deadline:
                 time.sleep(0.01)
             # The quick records ran on the other thread, and are marked done, while the
@@ -618,6 +619,28 @@ def test_a_slow_record_does_not_hold_back_the_quick_ones_claimed_with_it() -> No
             release.set()
         assert webhooks.drain(10)
         assert store.counts()[Status.DONE] == 221
+
+
+def test_a_steady_stream_of_deliveries_is_claimed_a_window_at_a_time() -> None:
+    # A delivery every millisecond or so: the worker lets them gather for its coalescing
+    # window (10 ms) between claims, rather than claiming the few that came during its
+    # last batch straight away.
+    store = CountingStore()
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=store, concurrency=4) as webhooks:
+        webhooks.on("*")(lambda event: seen.append(event.data.id))
+        deliver(webhooks, id="warm")
+        assert webhooks.drain(5)
+        claims = len(store.claims) + store.empty_claims
+        started = time.monotonic()
+        for n in range(300):
+            deliver(webhooks, id=f"s{n}")
+            time.sleep(0.001)
+        assert webhooks.drain(10)
+        elapsed = time.monotonic() - started
+        claimed = len(store.claims) + store.empty_claims - claims
+    assert len(seen) == 301
+    assert claimed <= elapsed / 0.01 + 5, (claimed, elapsed)
 
 
 def test_close_runs_records_already_claimed_instead_of_leaving_them_leased() -> None:
