@@ -294,6 +294,14 @@ class Cell:
     socket_errors: int = 0
     bad: int = 0
     bodies: int = 0
+    server_cpu: float | None = None  # seconds of CPU, every process of the server
+
+    @property
+    def cpu_us(self) -> float | None:
+        """The server's CPU time per answered request, in microseconds."""
+        if self.server_cpu is None or not self.requests:
+            return None
+        return self.server_cpu / self.requests * 1e6
 
     @property
     def rate(self) -> float:
@@ -381,6 +389,27 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(5)
 
 
+def group_cpu_seconds(group: int) -> float | None:
+    """User + system CPU seconds of every live process in process group ``group`` (Linux
+    ``/proc``; ``None`` elsewhere). Workers live as long as the server, so the difference
+    over a cell is what the server spent on it, less noisy than its rate on a shared host."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == group:  # pgrp; then utime and stime, fields 14 and 15 of stat
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def recorded(db: Path) -> int:
     store = SQLiteStore(str(db))
     try:
@@ -431,7 +460,10 @@ def run_server(
                 bodies = work / "bodies.txt"
                 prefix = f"{framework}_{handler}_{route}_{concurrency}"
                 write_bodies(bodies, prefix, bodies_per_cell)
+                cpu_before = group_cpu_seconds(process.pid)
                 result = run_wrk(port, path, bodies, concurrency, duration)
+                time.sleep(0.2)  # the last answers' bookkeeping
+                cpu_after = group_cpu_seconds(process.pid)
                 count, micros, p50, p99, top, errors, bad = result
                 cells.append(
                     Cell(
@@ -447,6 +479,7 @@ def run_server(
                         errors,
                         bad,
                         bodies_per_cell,
+                        None if cpu_after is None or cpu_before is None else cpu_after - cpu_before,
                     )
                 )
                 check(process.poll() is None, f"{framework} server died:\n{log.read_text()}")
@@ -483,16 +516,20 @@ def print_table(cells: Sequence[Cell]) -> None:
     print("== requests/s and latency per (framework, handler, route, concurrency) ==")
     print(
         f"{'framework':<10} {'handler':<8} {'route':<8} {'conc':>4}  {'requests':>8}  "
-        f"{'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'max ms':>8}  {'errors':>6}  {'wrapped':>7}"
+        f"{'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'max ms':>8}  {'cpu us':>6}  "
+        f"{'errors':>6}  {'wrapped':>7}"
     )
     for c in cells:
+        cpu = "-" if c.cpu_us is None else f"{c.cpu_us:,.0f}"
         print(
             f"{c.framework:<10} {c.handler:<8} {c.route:<8} {c.concurrency:>4}  {c.requests:>8}  "
-            f"{c.rate:>8,.0f}  {c.p50_ms:>8.2f}  {c.p99_ms:>8.2f}  {c.max_ms:>8.1f}  "
+            f"{c.rate:>8,.0f}  {c.p50_ms:>8.2f}  {c.p99_ms:>8.2f}  {c.max_ms:>8.1f}  {cpu:>6}  "
             f"{c.socket_errors + c.bad:>6}  {'yes' if c.wrapped else '':>7}"
         )
-    print("(errors: socket errors + answers not 200 with 'received' in the body; wrapped: the")
-    print(" cell sent more requests than it had distinct bodies, so some were duplicates)")
+    print("(cpu us: the server's CPU time per request, all its processes and threads, from")
+    print(" /proc; errors: socket errors + answers not 200 with 'received' in the body;")
+    print(" wrapped: the cell sent more requests than it had distinct bodies, so some were")
+    print(" duplicates)")
 
 
 def print_verdicts(cells: Sequence[Cell]) -> list[bool]:
@@ -508,9 +545,12 @@ def print_verdicts(cells: Sequence[Cell]) -> list[bool]:
         ok = ratio >= TARGET_RATIO
         results.append(ok)
         label = f"{c.framework} {c.handler} c={c.concurrency}"
+        cpu = ""
+        if c.cpu_us is not None and bare.cpu_us:
+            cpu = f"  (server CPU a request: {c.cpu_us:,.0f} vs {bare.cpu_us:,.0f} us)"
         print(
             f"   {label:<24} adapter {c.rate:8,.0f}  bare {bare.rate:8,.0f}  "
-            f"ratio {ratio:5.3f}  {'PASS' if ok else 'FAIL'}"
+            f"ratio {ratio:5.3f}  {'PASS' if ok else 'FAIL'}{cpu}"
         )
     print()
     print(
