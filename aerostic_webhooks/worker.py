@@ -220,9 +220,9 @@ class Worker:
     def wake(self) -> None:
         """Tell an idle handler thread that a record may be due now.
 
-        Busy threads look for more work before they go idle, a thread that is claiming looks
-        again once it is done, and one token at a time is out: under load this costs the
-        request a few attribute reads, not a thread switch.
+        Busy threads look for more work before they go idle, a thread that is claiming hands
+        a token on once it is done, and one token at a time is out: under load this costs
+        the request a few attribute reads, not a thread switch.
         """
         self._wakes += 1
         if self._idle and not self._token_out and not self._claim_lock.locked():
@@ -338,14 +338,17 @@ class Worker:
                         pause = self._drained_at + self._coalesce - time.monotonic()
                         if pause > 0:
                             stopped.wait(pause)
+                        wakes = self._wakes
                         records = [] if stopped.is_set() else self._claim(stopped)
                     finally:
                         self._claim_lock.release()
                     if records:
                         record = records[0]
-                        if len(records) > 1:
-                            ready.extend(records[1:])
-                            self.wake()
+                        ready.extend(records[1:])
+                    # Help with the rest; and wake() gave no token during the claim, which
+                    # may have missed what it was called for.
+                    if len(records) > 1 or self._wakes != wakes:
+                        self.wake()
             if record is None:
                 self._complete()
                 return False
@@ -357,12 +360,10 @@ class Worker:
     def _wait_for(self) -> float:
         """Sleep until the next record falls due, but at most ``poll_interval``.
 
-        While another thread claims, it is the one to look: it wakes us if it takes more
-        than it can run, so we need not ask the store (nor poll every millisecond while the
-        records it is about to take are due).
+        What is due now while another thread claims is that thread's to take (and what its
+        claim missed was announced by a wake() it hands on), so we do not poll every
+        millisecond meanwhile.
         """
-        if self._claim_lock.locked():
-            return self._poll_interval
         try:
             with self._context():
                 due = self.store.next_due()
@@ -370,7 +371,10 @@ class Worker:
             return self._poll_interval
         if due is None:
             return self._poll_interval
-        return min(self._poll_interval, max((due - utcnow()).total_seconds(), 0.001))
+        wait = (due - utcnow()).total_seconds()
+        if wait <= 0 and self._claim_lock.locked():
+            return self._poll_interval
+        return min(self._poll_interval, max(wait, 0.001))
 
     def _claim(self, stopped: threading.Event) -> list[Record]:
         """Claim due records for this thread and the idle ones (see ``_CLAIM_BUDGET``)."""
@@ -464,6 +468,7 @@ class Worker:
                 delay = self._retry_delays[record.attempts - 1]
                 at = utcnow() + timedelta(seconds=delay)
                 self.store.reschedule(record.event_id, owner, at=at, error=error)
+                self.wake()  # it may be due at once, and a claim under way may have missed it
                 logger.warning(
                     "%s will be retried in %gs (attempt %d of %d failed)",
                     record.event_id,

@@ -229,6 +229,24 @@ def test_a_write_lock_held_past_the_busy_timeout_is_store_unavailable(
     store.close()
 
 
+def test_opening_a_locked_file_gives_up_after_busy_timeout_not_twice_that(
+    tmp_path: Path,
+) -> None:
+    # The switch to WAL is retried in short steps; SQLite's own busy handler must not wait a
+    # whole busy_timeout of its own before the first retry.
+    path = tmp_path / "inbox.sqlite3"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")  # a file another tool left in rollback mode
+    conn.close()
+    with Holder(path, 2.0, begin="BEGIN EXCLUSIVE"):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            SQLiteStore(path, busy_timeout=0.3)
+        waited = time.monotonic() - started
+    assert 0.25 <= waited < 0.5
+
+
 def test_without_wal_sqlite_itself_waits_for_readers(tmp_path: Path) -> None:
     path = tmp_path / "inbox.sqlite3"
     store = RollbackJournal(path, busy_timeout=5)

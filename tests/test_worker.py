@@ -18,9 +18,10 @@ from aerostic_webhooks import (
     WebhookReceiver,
     sign,
 )
-from aerostic_webhooks.stores import Record, Status
+from aerostic_webhooks.stores import Record, Status, Store
 from aerostic_webhooks.stores.base import utcnow
 from aerostic_webhooks.testing import sample_body
+from aerostic_webhooks.worker import Worker
 
 from .conftest import SECRET
 
@@ -624,7 +625,7 @@ def test_a_slow_record_does_not_hold_back_the_quick_ones_claimed_with_it() -> No
 def test_a_steady_stream_of_deliveries_is_claimed_a_window_at_a_time() -> None:
     # A delivery every millisecond or so: the worker lets them gather for its coalescing
     # window (10 ms) between claims, rather than claiming the few that came during its
-    # last batch straight away.
+    # last batch straight away (which took 73 claims here, for 36 windows).
     store = CountingStore()
     seen: list[str] = []
     with WebhookReceiver(SECRET, store=store, concurrency=4) as webhooks:
@@ -640,7 +641,7 @@ def test_a_steady_stream_of_deliveries_is_claimed_a_window_at_a_time() -> None:
         elapsed = time.monotonic() - started
         claimed = len(store.claims) + store.empty_claims - claims
     assert len(seen) == 301
-    assert claimed <= elapsed / 0.01 + 5, (claimed, elapsed)
+    assert claimed <= 1.25 * elapsed / 0.01 + 5, (claimed, elapsed)
 
 
 def test_close_runs_records_already_claimed_instead_of_leaving_them_leased() -> None:
@@ -691,3 +692,86 @@ def test_an_idle_worker_does_not_ask_the_store_again_until_something_is_recorded
         # (once a second) may add one.
         assert store.empty_claims - before <= 22
         assert store.counts()[Status.DONE] == 21
+
+
+class SlowClaimStore(MemoryStore):
+    """A MemoryStore whose next claim that finds something takes a while after choosing its
+    records (as a claim on PostgreSQL or Redis does): what happens meanwhile is missed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow_claim = False
+        self.claiming = threading.Event()
+
+    def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
+        claimed = super().claim(owner, limit=limit, lease=lease)
+        if self.slow_claim and claimed:
+            self.slow_claim = False
+            self.claiming.set()
+            time.sleep(0.05)
+        return claimed
+
+
+def add_due(store: Store, event_id: str) -> None:
+    now = utcnow()
+    store.add(Record(event_id, "message.received", b"{}", now, next_attempt_at=now))
+
+
+def test_a_delivery_recorded_during_a_claim_is_not_left_for_the_next_poll() -> None:
+    # The claimer then runs a slow handler; the wake() that came during its claim gave no
+    # token, so the claimer must hand one on, or the delivery waits for a poll (5 s here).
+    store = SlowClaimStore()
+    started: dict[str, float] = {}
+
+    def process(record: Record) -> str | None:
+        started.setdefault(record.event_id, time.monotonic())
+        if record.event_id == "slow":
+            time.sleep(3)
+        return None
+
+    worker = Worker(store, process, concurrency=4, poll_interval=5.0, retry_delays=())
+    worker.start()
+    try:
+        store.slow_claim = True
+        add_due(store, "slow")
+        worker.wake()
+        assert store.claiming.wait(5)
+        recorded = time.monotonic()
+        add_due(store, "quick")
+        worker.wake()
+        deadline = recorded + 2
+        while "quick" not in started and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert started.get("quick", deadline) - recorded < 0.5
+    finally:
+        worker.close(5)
+
+
+def test_a_retry_due_at_once_settled_during_a_claim_runs_again_promptly() -> None:
+    store = SlowClaimStore()
+    runs: dict[str, list[float]] = {}
+
+    def process(record: Record) -> str | None:
+        runs.setdefault(record.event_id, []).append(time.monotonic())
+        if record.event_id == "fails once" and len(runs[record.event_id]) == 1:
+            store.slow_claim = True
+            add_due(store, "slow")
+            worker.wake()  # another thread claims "slow" now...
+            assert store.claiming.wait(5)
+            return "boom"  # ...and this one fails while it claims
+        if record.event_id == "slow":
+            time.sleep(3)
+        return None
+
+    worker = Worker(store, process, concurrency=4, poll_interval=5.0, retry_delays=(0,))
+    worker.start()
+    try:
+        add_due(store, "fails once")
+        worker.wake()
+        deadline = time.monotonic() + 5
+        while len(runs.get("fails once", [])) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        first, *again = runs["fails once"]
+        assert again and again[0] - first < 0.5
+    finally:
+        worker.close(5)

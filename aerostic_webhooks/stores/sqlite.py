@@ -265,8 +265,11 @@ class SQLiteStore:
         try:
             # A new file's switch to WAL takes an exclusive lock, and SQLite refuses at once
             # (busy timeout or not) a lock it could only wait for by deadlocking: gunicorn
-            # workers opening a new file together meet here.
+            # workers opening a new file together meet here. So the retries do all the
+            # waiting, within busy_timeout, with SQLite's own busy handler off meanwhile.
+            conn.execute("PRAGMA busy_timeout=0")
             _when_free(lambda: conn.execute("PRAGMA journal_mode=WAL"), self._busy_timeout)
+            conn.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             self._migrate(conn)
         except sqlite3.Error as error:
