@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -161,6 +161,7 @@ class WebhookReceiver:
         self._lease = lease_seconds
         self._inline_owner = new_owner_id() + ":inline"
         self._parsed = _ParsedEvents()
+        self._context = worker_context or nullcontext
         self._intake = Intake(self._record_batch)
         self._worker = Worker(
             self.store,
@@ -247,7 +248,17 @@ class WebhookReceiver:
     def _record_batch(
         self, batch: list[tuple[Event, str, bytes]]
     ) -> list[Receipt | StoreUnavailable]:
-        """The intake's write: one ``add_many`` call where the store has it, else ``add`` each."""
+        """The intake's write: one ``add_many`` call where the store has it, else ``add`` each.
+
+        It runs on the intake's thread, inside ``worker_context`` like a worker step (Django's
+        connection upkeep, for the ORM store).
+        """
+        with self._context():
+            return self._record_on_this_thread(batch)
+
+    def _record_on_this_thread(
+        self, batch: list[tuple[Event, str, bytes]]
+    ) -> list[Receipt | StoreUnavailable]:
         records = [self._pending(*accepted) for accepted in batch]
         outcomes: list[bool | StoreUnavailable] = []
         add_many = _batch_add(self.store)

@@ -400,3 +400,44 @@ def test_async_view_answers_the_same(case: Case) -> None:
         )
 
     assert_answer(asyncio.run(deliver()), case)
+
+
+def test_async_view_records_on_the_intake_thread_inside_the_request_cycle(
+    monkeypatch: pytest.MonkeyPatch, received: Recorder
+) -> None:
+    # Under ASGI the delivery is verified on the loop and written by the receiver's intake
+    # thread, with Django's connection upkeep around the write as around a worker step.
+    from django.test import AsyncClient
+
+    cycles: list[str] = []
+
+    @contextlib.contextmanager
+    def spying_cycle() -> Iterator[None]:
+        cycles.append(threading.current_thread().name)
+        with request_cycle():
+            yield
+
+    writers: list[str] = []
+    add_many = DjangoStore.add_many
+
+    def spying_add_many(self: DjangoStore, records: Any) -> Any:
+        writers.append(threading.current_thread().name)
+        return add_many(self, records)
+
+    monkeypatch.setattr("aerostic_webhooks.django.apps.request_cycle", spying_cycle)
+    monkeypatch.setattr(DjangoStore, "add_many", spying_add_many)
+    body = sample_body("message.received", id="msg_async")
+
+    async def deliver() -> Any:
+        return await AsyncClient().post(
+            "/async-hooks/", data=body, content_type="application/json", headers=signed(body)
+        )
+
+    response = asyncio.run(deliver())
+    assert response.status_code == 200
+    assert json.loads(response.content) == {"received": True}
+    assert writers == ["aerostic-webhooks-intake"]
+    assert "aerostic-webhooks-intake" in cycles
+    assert get_receiver().drain(10)
+    assert WebhookEvent.objects.get(event_id="message.received:msg_async").status == "done"
+    assert [call["event"].data.id for call in received.calls] == ["msg_async"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -494,3 +495,23 @@ def test_a_receiver_subclass_with_its_own_receive_is_called_off_the_loop() -> No
     with Noting(SECRET, store=MemoryStore(), process="external") as receiver:
         run(receive_all(receiver, deliveries(2)))
     assert len(seen) == 2 and threading.current_thread().name not in seen, seen
+
+
+def test_worker_context_is_entered_around_each_intake_write(tmp_path: Path) -> None:
+    # Django's connection upkeep (request_cycle) runs around the intake's ORM writes as
+    # around a worker step: a long-lived thread must not keep a stale connection.
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        entered.append(threading.current_thread().name)
+        yield
+
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")  # blocking: written on the intake thread
+    with WebhookReceiver(
+        SECRET, store=store, process="external", worker_context=context
+    ) as webhooks:
+        body = sample_body("message.received", id="ctx")
+        receipt = run(webhooks.receive_async(body, signed(body)))
+        assert store.get(receipt.event_id) is not None
+    assert entered == ["aerostic-webhooks-intake"]

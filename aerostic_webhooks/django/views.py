@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.views import View
 
 from ..errors import StoreUnavailable
 from ..receiver import WebhookReceiver
-from ..response import CONTENT_TYPE, render, respond
+from ..response import CONTENT_TYPE, render, respond, respond_async
 from ..wsgi import EnvironHeaders, body_length
 from . import get_receiver
 
 __all__ = ["AerosticWebhookView", "AsyncAerosticWebhookView"]
 
 logger = logging.getLogger("aerostic_webhooks")
+
+_CHUNK = 65536
 
 
 class AerosticWebhookView(View):
@@ -37,27 +39,49 @@ class AerosticWebhookView(View):
         return get_receiver()
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        receiver = self._receiver_or_none()
+        if receiver is None:
+            return _answer(render(StoreUnavailable("misconfigured")))
+        headers = EnvironHeaders(request.META)  # request.headers would copy every header
+        return _answer(respond(receiver, headers, _reader(request), _length(request)))
+
+    def _receiver_or_none(self) -> WebhookReceiver | None:
         try:
-            receiver = self.get_receiver()
+            return self.get_receiver()
         except ValueError as error:  # reported by `manage.py check`; the sender will retry
             logger.error("aerostic_webhooks is misconfigured: %s", error)
-            status, body = render(StoreUnavailable("misconfigured"))
-            return HttpResponse(body, status=status, content_type=CONTENT_TYPE)
-        headers = EnvironHeaders(request.META)  # request.headers would copy every header
-        status, body = respond(receiver, headers, _reader(request), _length(request))
-        return HttpResponse(body, status=status, content_type=CONTENT_TYPE)
+            return None
 
 
 class AsyncAerosticWebhookView(AerosticWebhookView):
-    """The same view for ASGI servers: the request runs on a thread pool, so deliveries are
-    received in parallel, while a sync view under ASGI shares Django's one sync thread."""
+    """The same view for ASGI servers, which never blocks the event loop.
+
+    A small delivery is verified and parsed on the loop, and recorded by the receiver's
+    intake thread, many deliveries a transaction, as the Starlette adapter does (Django's
+    ASGI handler has read the body by then). A large one is received on a thread whole.
+    """
 
     async def post(  # type: ignore[override]
         self, request: HttpRequest, *args: Any, **kwargs: Any
     ) -> HttpResponse:
-        receive = sync_to_async(super().post, thread_sensitive=False)
-        response: HttpResponse = await receive(request, *args, **kwargs)
-        return response
+        receiver = self._receiver_or_none()
+        if receiver is None:
+            return _answer(render(StoreUnavailable("misconfigured")))
+        headers = EnvironHeaders(request.META)
+        chunks = _chunks(_reader(request))
+        return _answer(await respond_async(receiver, headers, chunks, _length(request)))
+
+
+def _answer(outcome: tuple[int, bytes]) -> HttpResponse:
+    status, body = outcome
+    return HttpResponse(body, status=status, content_type=CONTENT_TYPE)
+
+
+async def _chunks(read: Callable[[int], bytes]) -> AsyncIterator[bytes]:
+    """The body as ``respond_async`` takes it; under ASGI Django holds it in memory already
+    (on disk past FILE_UPLOAD_MAX_MEMORY_SIZE), so a read does not wait for the network."""
+    while chunk := read(_CHUNK):
+        yield chunk
 
 
 def _length(request: HttpRequest) -> int | None:
