@@ -18,8 +18,10 @@ Flask and Django (WSGI) by gunicorn (sync workers, ``-w 2``), Starlette, FastAPI
 The load is ``wrk`` (keep-alive connections, ``-c`` = concurrency, at most 2 threads), driven by
 a Lua script that cycles through pre-signed bodies, a new ``data.id`` each (written to a file
 per cell; a cell sends each body at most once unless the "wrapped" column says otherwise).
-Every answer is checked in the script (200 and a body containing ``received``). After a
-server is stopped, its SQLite store is opened and the recorded events are counted.
+Every answer is checked in the script (200 and a body containing ``received``). The server's
+CPU time per request (every process of it, from ``/proc`` on Linux) is printed beside each
+cell. After a server is stopped, its SQLite store is opened and the recorded events are
+counted.
 
 Targets (from the issue): every adapter keeps at least 85% of its bare route's requests/s;
 with the 10 s handler, the adapter's p99 at concurrency 64 is within 1.2x of the no-op
