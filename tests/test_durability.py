@@ -422,7 +422,7 @@ def test_sigkill_mid_run_loses_nothing_and_repeats_nothing_done(
     counter = tmp_path / "runs.txt"
     command = [sys.executable, str(DELIVERER), spec, str(counter), "deliver"]
     command += ["--events", "300", "--threads", "1", "--copies", "1", "--lease", "1"]
-    command += ["--handler-seconds", "0.01"]
+    command += ["--handler-seconds", "0.02"]
     victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert victim.stdout is not None
     acked: list[str] = []
@@ -430,13 +430,15 @@ def test_sigkill_mid_run_loses_nothing_and_repeats_nothing_done(
         line = victim.stdout.readline()
         assert line, victim.stderr.read().decode() if victim.stderr else "deliverer ended early"
         acked.append(line.decode().strip())
-    # Kill once the worker is busy: with half the events still to deliver and each handler
-    # taking 10 ms, it then holds records until the end. (Killed before its threads started,
-    # it would leave nothing in flight: a loaded machine made that happen.)
+    # Kill while the worker holds records, as the store shows them. (Killed before its
+    # threads started, or, on a loaded machine, once it had run everything, it would leave
+    # nothing in flight: both happened when the kill waited for a first handler run.)
+    watcher = _open(spec)
     deadline = time.monotonic() + 30
-    while not _runs(counter) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    while not watcher.counts()[Status.PROCESSING] and time.monotonic() < deadline:
+        time.sleep(0.002)
     victim.send_signal(signal.SIGKILL)
+    watcher.close()
     victim.wait(10)
     acked += [line.decode().strip() for line in victim.stdout.read().splitlines()]
     victim.stdout.close()
