@@ -339,7 +339,7 @@ class Worker:
                         if pause > 0:
                             stopped.wait(pause)
                         wakes = self._wakes
-                        records = [] if stopped.is_set() else self._claim(stopped)
+                        records = [] if stopped.is_set() else self._claim(stopped, wakes)
                     finally:
                         self._claim_lock.release()
                     if records:
@@ -376,12 +376,13 @@ class Worker:
             return self._poll_interval
         return min(self._poll_interval, max(wait, 0.001))
 
-    def _claim(self, stopped: threading.Event) -> list[Record]:
-        """Claim due records for this thread and the idle ones (see ``_CLAIM_BUDGET``)."""
+    def _claim(self, stopped: threading.Event, wakes: int) -> list[Record]:
+        """Claim due records for this thread and the idle ones (see ``_CLAIM_BUDGET``);
+        ``wakes`` is the wake count as the claim began."""
         with self._changed:
             self._claiming += 1
         records: list[Record] = []
-        wakes, self._looked = self._wakes, None
+        self._looked = None
         try:
             owner = f"{self.owner}:{next(self._claims)}"
             per_thread = int(_CLAIM_BUDGET / max(self._run_seconds, 1e-6)) or 1
