@@ -13,7 +13,12 @@ Flask and Django (WSGI) by gunicorn (sync workers, ``-w 2``), Starlette, FastAPI
   store=SQLiteStore(<temporary file>))``, default ``process="background"``, with one handler:
   a no-op (``noop`` server) or ``time.sleep(10)`` (``sleep10`` server);
 - ``/bare``: a route of the framework that reads the raw body and answers 200
-  ``{"received": true}``.
+  ``{"received": true}``;
+- ``/floor``: the bare route plus the least a receiver that records each delivery before
+  answering can do, with the standard library only: HMAC-SHA256 of the body compared with the
+  header, ``json.loads``, and one ``INSERT`` into a two-column SQLite table (WAL,
+  ``synchronous=NORMAL``, as the library's store), done in the request with no thread hop.
+  Its ratio to ``/bare`` is the most such a receiver can keep on that server.
 
 The load is ``wrk`` (keep-alive connections, ``-c`` = concurrency, at most 2 threads), driven by
 a Lua script that cycles through pre-signed bodies, a new ``data.id`` each (written to a file
@@ -35,13 +40,16 @@ import contextlib
 import hashlib
 import hmac
 import importlib
+import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +76,11 @@ TARGET_P99_RATIO = 1.2
 TARGET_P99_MS = 100.0
 JUDGED_CONCURRENCY = 64
 
+ROUTES = ("bare", "floor", "adapter")
+FLOOR_PATH = "/floor"
+FLOOR_TABLE = "floor_inbox"
+REFUSED = b'{"error": "Invalid signature"}'
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV_BIN = Path(sys.executable).parent
@@ -92,6 +105,51 @@ def _receiver() -> Any:
     return receiver
 
 
+def create_floor_inbox(path: Path) -> None:
+    """The floor route's SQLite file, made by the driver before the server's workers open it
+    (two workers switching a new file to WAL at once would refuse each other)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"CREATE TABLE {FLOOR_TABLE} (event_id TEXT PRIMARY KEY, body BLOB NOT NULL)")
+    conn.close()
+
+
+class FloorInbox:
+    """The floor route's whole work: verify, parse, record; one connection per process."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._key = SECRET.encode()
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def accept(self, body: bytes, signature: str) -> bool:
+        expected = "sha256=" + hmac.new(self._key, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            return False
+        event = json.loads(body)
+        row = (f"{event['event']}:{event['data']['id']}", body)
+        with self._lock:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            delay = 0.00005
+            while True:  # the same short waits for the other worker's write lock as the store
+                try:
+                    self._conn.execute(f"INSERT OR IGNORE INTO {FLOOR_TABLE} VALUES (?, ?)", row)
+                    return True
+                except sqlite3.OperationalError:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.002)
+
+    def answer(self, body: bytes, signature: str) -> tuple[bytes, int]:
+        return (ACCEPTED, 200) if self.accept(body, signature) else (REFUSED, 401)
+
+
+def _floor() -> FloorInbox:
+    return FloorInbox(os.environ["AEROSTIC_BENCH_FLOOR_DB"])
+
+
 def flask_app() -> Any:
     """gunicorn 'servers:flask_app()'"""
     # Frameworks are imported in the server that uses them, not by the load driver.
@@ -105,7 +163,16 @@ def flask_app() -> Any:
         flask.request.get_data()
         return flask.Response(ACCEPTED, 200, content_type=CONTENT_TYPE)
 
+    inbox = _floor()
+
+    def floor() -> Any:
+        request = flask.request
+        body = request.get_data()
+        signature = request.environ.get("HTTP_X_AEROSTIC_SIGNATURE", "")
+        return flask.Response(*inbox.answer(body, signature), content_type=CONTENT_TYPE)
+
     app.add_url_rule(BARE_PATH, view_func=bare, methods=["POST"])  # as @app.post does
+    app.add_url_rule(FLOOR_PATH, view_func=floor, methods=["POST"])
     return app
 
 
@@ -120,8 +187,20 @@ def starlette_app() -> Any:
         await request.body()
         return responses.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
 
-    route = routing.Route(BARE_PATH, bare, methods=["POST"])
-    return applications.Starlette(routes=[adapter.webhook_route(MOUNT, _receiver()), route])
+    inbox = _floor()
+
+    async def floor(request: Any) -> Any:
+        body = await request.body()
+        signature = request.headers.get("x-aerostic-signature", "")
+        content, status = inbox.answer(body, signature)
+        return responses.Response(content, status, media_type=CONTENT_TYPE)
+
+    routes = [
+        adapter.webhook_route(MOUNT, _receiver()),
+        routing.Route(BARE_PATH, bare, methods=["POST"]),
+        routing.Route(FLOOR_PATH, floor, methods=["POST"]),
+    ]
+    return applications.Starlette(routes=routes)
 
 
 def fastapi_app() -> Any:
@@ -136,10 +215,20 @@ def fastapi_app() -> Any:
         await request.body()
         return fastapi.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
 
+    inbox = _floor()
+
+    async def floor(request: Any) -> Any:
+        body = await request.body()
+        signature = request.headers.get("x-aerostic-signature", "")
+        content, status = inbox.answer(body, signature)
+        return fastapi.Response(content, status, media_type=CONTENT_TYPE)
+
     # FastAPI injects the request from the annotation: give it the class, not a string.
-    bare.__annotations__ = {"request": fastapi.Request, "return": fastapi.Response}
+    for route in (bare, floor):
+        route.__annotations__ = {"request": fastapi.Request, "return": fastapi.Response}
 
     app.add_api_route(BARE_PATH, bare, methods=["POST"])
+    app.add_api_route(FLOOR_PATH, floor, methods=["POST"])
     return app
 
 
@@ -185,10 +274,23 @@ def _django(asynchronous: bool) -> None:
     async def async_bare(request: Any) -> Any:
         return bare(request)  # the body is already read in full by Django's ASGI handler
 
-    view = async_bare if asynchronous else bare
+    inbox = _floor()
+
+    def floor(request: Any) -> Any:
+        signature = request.META.get("HTTP_X_AEROSTIC_SIGNATURE", "")
+        content, status = inbox.answer(request.body, signature)
+        return http.HttpResponse(content, status=status, content_type=CONTENT_TYPE)
+
+    async def async_floor(request: Any) -> Any:
+        return floor(request)
+
+    def route(view: Any) -> Any:
+        return csrf.csrf_exempt(methods.require_POST(view))
+
     urlpatterns[:] = [
         urls.path(MOUNT.lstrip("/") + "/", View.as_view()),
-        urls.path(BARE_PATH.lstrip("/"), csrf.csrf_exempt(methods.require_POST(view))),
+        urls.path(BARE_PATH.lstrip("/"), route(async_bare if asynchronous else bare)),
+        urls.path(FLOOR_PATH.lstrip("/"), route(async_floor if asynchronous else floor)),
     ]
 
 
@@ -311,7 +413,7 @@ class Cell:
 
     @property
     def wrapped(self) -> bool:
-        return self.route == "adapter" and self.requests > self.bodies
+        return self.route != "bare" and self.requests > self.bodies
 
 
 def write_bodies(path: Path, prefix: str, number: int) -> None:
@@ -412,7 +514,11 @@ def group_cpu_seconds(group: int) -> float | None:
     return total / ticks
 
 
-def recorded(db: Path) -> int:
+def recorded(db: Path, table: str | None = None) -> int:
+    """Events in the adapter's store, or rows in the floor route's ``table``."""
+    if table is not None:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     store = SQLiteStore(str(db))
     try:
         return sum(store.counts().values())
@@ -431,12 +537,15 @@ def run_server(
     work: Path,
 ) -> tuple[list[Cell], int]:
     db = work / f"{framework}-{handler}.sqlite3"
+    floor_db = work / f"{framework}-{handler}-floor.sqlite3"
+    create_floor_inbox(floor_db)
     log = work / f"{framework}-{handler}.log"
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
         "AEROSTIC_BENCH_DB": str(db),
+        "AEROSTIC_BENCH_FLOOR_DB": str(floor_db),
         "AEROSTIC_BENCH_HANDLER": handler,
     }
     cells: list[Cell] = []
@@ -454,11 +563,11 @@ def run_server(
         # Untimed warm-up of both routes (first requests, worker threads, SQLite file).
         warm = work / "warm.txt"
         write_bodies(warm, f"warm_{framework}_{handler}", 2000)
-        mount = MOUNTS.get(framework, MOUNT)
-        for path in (BARE_PATH, mount):
+        paths = {"bare": BARE_PATH, "floor": FLOOR_PATH, "adapter": MOUNTS.get(framework, MOUNT)}
+        for path in paths.values():
             run_wrk(port, path, warm, 4, 1)
         for concurrency in concurrencies:
-            for route, path in (("bare", BARE_PATH), ("adapter", mount)):
+            for route, path in paths.items():
                 bodies = work / "bodies.txt"
                 prefix = f"{framework}_{handler}_{route}_{concurrency}"
                 write_bodies(bodies, prefix, bodies_per_cell)
@@ -487,7 +596,7 @@ def run_server(
                 check(process.poll() is None, f"{framework} server died:\n{log.read_text()}")
     finally:
         stop(process)
-    return cells, recorded(db)
+    return cells, recorded(db), recorded(floor_db, FLOOR_TABLE)
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -556,6 +665,23 @@ def print_verdicts(cells: Sequence[Cell]) -> list[bool]:
         )
     print()
     print(
+        "-- for reference: the floor route (stdlib verify + parse + one SQLite INSERT) against\n"
+        "   the bare route, the most a receiver that records before it answers keeps here,\n"
+        "   and the adapter against the floor"
+    )
+    for c in cells:
+        floor = by.get((c.framework, c.handler, "floor", c.concurrency))
+        if c.route != "adapter" or floor is None or not floor.rate:
+            continue
+        bare = by[(c.framework, c.handler, "bare", c.concurrency)]
+        label = f"{c.framework} {c.handler} c={c.concurrency}"
+        print(
+            f"   {label:<24} floor {floor.rate:8,.0f}  floor/bare "
+            f"{floor.rate / bare.rate if bare.rate else 0.0:5.3f}  adapter/floor "
+            f"{c.rate / floor.rate:5.3f}  (floor CPU a request: {floor.cpu_us or 0:,.0f} us)"
+        )
+    print()
+    print(
         f"-- target: sleep10-handler adapter p99 <= {TARGET_P99_RATIO}x the noop-handler p99 "
         f"and < {TARGET_P99_MS:g} ms\n   (judged at concurrency {JUDGED_CONCURRENCY}; "
         "other concurrencies for reference)"
@@ -610,16 +736,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             (work / "load.lua").write_text(LUA)
             for framework in args.frameworks:
                 for handler in ("noop", "sleep10"):
-                    server_cells, count = run_server(
+                    server_cells, count, floor_count = run_server(
                         framework, handler, args.concurrency, args.duration, args.bodies, work
                     )
                     cells.extend(server_cells)
-                    answered = sum(c.requests for c in server_cells if c.route == "adapter")
-                    stores.append(
-                        f"  {framework} {handler}: {count} events recorded "
-                        f"(adapter answers counted by wrk: {answered}, plus 2000 warm-up "
-                        "bodies at most)"
-                    )
+                    for route, number in (("adapter", count), ("floor", floor_count)):
+                        answered = sum(c.requests for c in server_cells if c.route == route)
+                        stores.append(
+                            f"  {framework} {handler} {route}: {number} events recorded "
+                            f"({route} answers counted by wrk: {answered}, plus 2000 warm-up "
+                            "bodies at most)"
+                        )
     except CheckFailed as failure:
         print(f"benchmark self-check failed: {failure}", file=sys.stderr)
         return 1
