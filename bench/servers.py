@@ -138,7 +138,9 @@ class FloorInbox:
                 try:
                     self._conn.execute(f"INSERT OR IGNORE INTO {FLOOR_TABLE} VALUES (?, ?)", row)
                     return True
-                except sqlite3.OperationalError:
+                except sqlite3.OperationalError as error:
+                    if "locked" not in str(error):
+                        raise
                     time.sleep(delay)
                     delay = min(delay * 2, 0.002)
 
