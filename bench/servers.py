@@ -190,6 +190,23 @@ def flask_app() -> Any:
     return app
 
 
+def _asgi_views(response: Any) -> tuple[Any, Any]:
+    """The bare and floor endpoints of the Starlette and FastAPI apps, answering with
+    ``response`` (the framework's ``Response`` class)."""
+    inbox = _floor()
+
+    async def bare(request: Any) -> Any:
+        await request.body()
+        return response(ACCEPTED, 200, media_type=CONTENT_TYPE)
+
+    async def floor(request: Any) -> Any:
+        body = await request.body()
+        content, status = inbox.answer(body, request.headers.get("x-aerostic-signature", ""))
+        return response(content, status, media_type=CONTENT_TYPE)
+
+    return bare, floor
+
+
 def starlette_app() -> Any:
     """uvicorn --factory servers:starlette_app"""
     applications = importlib.import_module("starlette.applications")
@@ -197,18 +214,7 @@ def starlette_app() -> Any:
     routing = importlib.import_module("starlette.routing")
     adapter = importlib.import_module("aerostic_webhooks.starlette")
 
-    async def bare(request: Any) -> Any:
-        await request.body()
-        return responses.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
-
-    inbox = _floor()
-
-    async def floor(request: Any) -> Any:
-        body = await request.body()
-        signature = request.headers.get("x-aerostic-signature", "")
-        content, status = inbox.answer(body, signature)
-        return responses.Response(content, status, media_type=CONTENT_TYPE)
-
+    bare, floor = _asgi_views(responses.Response)
     routes = [
         adapter.webhook_route(MOUNT, _receiver()),
         routing.Route(BARE_PATH, bare, methods=["POST"]),
@@ -225,18 +231,7 @@ def fastapi_app() -> Any:
     app = fastapi.FastAPI()
     app.include_router(adapter.webhook_router(_receiver()), prefix=MOUNT)
 
-    async def bare(request: Any) -> Any:
-        await request.body()
-        return fastapi.Response(ACCEPTED, 200, media_type=CONTENT_TYPE)
-
-    inbox = _floor()
-
-    async def floor(request: Any) -> Any:
-        body = await request.body()
-        signature = request.headers.get("x-aerostic-signature", "")
-        content, status = inbox.answer(body, signature)
-        return fastapi.Response(content, status, media_type=CONTENT_TYPE)
-
+    bare, floor = _asgi_views(fastapi.Response)
     # FastAPI injects the request from the annotation: give it the class, not a string.
     for route in (bare, floor):
         route.__annotations__ = {"request": fastapi.Request, "return": fastapi.Response}
