@@ -102,6 +102,48 @@ def test_a_later_schema_migrates_an_existing_file_and_keeps_its_records(
     conn.close()
 
 
+def test_a_version_1_file_loses_the_status_index_and_keeps_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "inbox.sqlite3"
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_module, "_MIGRATIONS", sqlite_module._MIGRATIONS[:1])
+        patch.setattr(sqlite_module, "SCHEMA_VERSION", 1)
+        with SQLiteStore(path) as store:
+            for name in ("a", "b", "c"):
+                store.add(Record(name, "message.sent", b"{}", utcnow()))
+            store.claim("w", limit=2, lease=30)
+            store.complete("a", "w")
+            store.fail("b", "w", error="gave up")
+            before = store.counts()
+    with SQLiteStore(path) as store:
+        assert store.schema_version == 2
+        assert store.counts() == before
+        assert [r.event_id for r in store.list(status=Status.FAILED)] == ["b"]
+    conn = sqlite3.connect(path)
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    conn.close()
+    assert f"{sqlite_module._TABLE}_status" not in indexes
+    assert f"{sqlite_module._TABLE}_failed" in indexes
+
+
+@pytest.mark.parametrize(
+    ("status", "index"),
+    [(Status.FAILED, "failed"), (Status.PENDING, "due"), (Status.PROCESSING, "due")],
+)
+def test_sqlite_lists_dead_letters_and_the_backlog_from_an_index(
+    tmp_path: Path, status: Status, index: str
+) -> None:
+    """Neither walks through every record kept (a week of done ones, bodies included)."""
+    path = tmp_path / "inbox.sqlite3"
+    SQLiteStore(path).close()
+    sql, params = SQLiteStore._list_query(status, None)
+    conn = sqlite3.connect(path)
+    plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (*params, 9, 0)))
+    conn.close()
+    assert f"USING INDEX {sqlite_module._TABLE}_{index}" in plan
+
+
 def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "inbox.sqlite3"
     SQLiteStore(path).close()

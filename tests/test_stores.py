@@ -236,6 +236,25 @@ def test_counts_cover_every_status(store: Store) -> None:
     }
 
 
+def test_list_and_counts_by_each_status(store: Store) -> None:
+    now = utcnow()
+    for n, name in enumerate(["p1", "r1", "d1", "f1", "p2", "r2", "d2", "f2"]):
+        store.add(record(name, received_at=now - timedelta(minutes=10 - n)))
+    claimed = {r.event_id for r in store.claim("w", limit=8, lease=30)}
+    assert claimed == {"p1", "r1", "d1", "f1", "p2", "r2", "d2", "f2"}
+    for name in ("p1", "p2"):
+        store.reschedule(name, "w", at=now + timedelta(minutes=5), error="later")
+    store.complete_many("w", ["d1", "d2"])
+    for name in ("f1", "f2"):
+        store.fail(name, "w", error="gave up")
+    expected = {Status.PENDING: "p", Status.PROCESSING: "r", Status.DONE: "d", Status.FAILED: "f"}
+    for status, letter in expected.items():
+        assert [r.event_id for r in store.list(status=status)] == [f"{letter}2", f"{letter}1"]
+        assert all(r.status is status for r in store.list(status=status))
+    assert [r.event_id for r in store.list(status=Status.FAILED, limit=1, offset=1)] == ["f1"]
+    assert store.counts() == dict.fromkeys(Status, 2)
+
+
 def test_next_due(store: Store) -> None:
     assert store.next_due() is None
     later = utcnow() + timedelta(hours=2)
