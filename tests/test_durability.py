@@ -116,10 +116,25 @@ def test_a_version_1_file_loses_the_status_index_and_keeps_every_record(
             store.complete("a", "w")
             store.fail("b", "w", error="gave up")
             before = store.counts()
+    # What version 1 wrote for records added in these states: a done one with a lease was
+    # due (claimable), a processing one without a lease never was.
+    conn = sqlite3.connect(path)
+    table = sqlite_module._TABLE
+    conn.execute(
+        f"INSERT INTO {table} (event_id, event_type, body, received_at, status, due_at) "
+        "VALUES ('leased-done', 'x', x'', 1.0, 'done', 2.0), ('orphan', 'x', x'', 1.0, "
+        "'processing', NULL)"
+    )
+    conn.commit()
+    conn.close()
     with SQLiteStore(path) as store:
         assert store.schema_version == 2
-        assert store.counts() == before
+        assert store.counts() == before | {
+            Status.DONE: before[Status.DONE] + 1,
+            Status.PROCESSING: before[Status.PROCESSING] + 1,
+        }
         assert [r.event_id for r in store.list(status=Status.FAILED)] == ["b"]
+        assert [r.event_id for r in store.claim("x", limit=10, lease=30)] == ["orphan", "c"]
     conn = sqlite3.connect(path)
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     conn.close()

@@ -255,6 +255,24 @@ def test_list_and_counts_by_each_status(store: Store) -> None:
     assert store.counts() == dict.fromkeys(Status, 2)
 
 
+def test_records_added_in_any_state_are_claimed_and_counted_by_that_state(store: Store) -> None:
+    """Settled records are never claimed, even with a lease left on them; a processing one
+    with no lease is no worker's, and is taken up at once."""
+    later = utcnow() + timedelta(minutes=5)
+    store.add(record("done", status=Status.DONE, lease_owner="w", lease_expires_at=later))
+    store.add(record("failed", status=Status.FAILED, lease_owner="w", lease_expires_at=later))
+    store.add(record("orphan", status=Status.PROCESSING, attempts=1))
+    store.add(record("held", status=Status.PROCESSING, lease_owner="w", lease_expires_at=later))
+    assert store.counts() == {
+        Status.PENDING: 0,
+        Status.PROCESSING: 2,
+        Status.DONE: 1,
+        Status.FAILED: 1,
+    }
+    assert [r.event_id for r in store.list(status=Status.PROCESSING)] == ["held", "orphan"]
+    assert [r.event_id for r in store.claim("x", limit=10, lease=30)] == ["orphan"]
+
+
 def test_next_due(store: Store) -> None:
     assert store.next_due() is None
     later = utcnow() + timedelta(hours=2)

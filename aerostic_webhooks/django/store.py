@@ -11,7 +11,7 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import Count, F, Min, QuerySet
 
 from ..errors import StoreUnavailable
-from ..stores.base import Record, Status, utcnow
+from ..stores.base import Record, Status, due_at, utcnow
 from .models import WebhookEvent
 
 __all__ = ["DjangoStore"]
@@ -71,8 +71,8 @@ class DjangoStore:
         return rows
 
     def add(self, record: Record) -> bool:
-        pending = record.status is Status.PENDING
-        next_attempt = (record.next_attempt_at or record.received_at) if pending else None
+        due = due_at(record)
+        next_attempt = due if record.status is Status.PENDING else None
         try:
             with transaction.atomic(using=self.using):
                 self._rows().create(
@@ -86,7 +86,7 @@ class DjangoStore:
                     lease_owner=record.lease_owner,
                     lease_expires_at=_to_db(record.lease_expires_at),
                     updated_at=_to_db(record.received_at),
-                    due_at=_to_db(next_attempt if pending else record.lease_expires_at),
+                    due_at=_to_db(due),
                 )
         except IntegrityError:
             return False

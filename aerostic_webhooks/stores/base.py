@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Record", "Status", "Store", "utcnow"]
+__all__ = ["Record", "Status", "Store", "due_at", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -54,6 +54,16 @@ class Record(NamedTuple):
     def replace(self, **changes: Any) -> Record:
         """A copy with ``changes`` applied (records are immutable)."""
         return self._replace(**changes)
+
+
+def due_at(record: Record) -> datetime | None:
+    """When a record can next be claimed: a pending one at its next attempt, a processing one
+    when its lease ends (at once without a lease: no worker holds it), never once settled."""
+    if record.status is Status.PENDING:
+        return record.next_attempt_at or record.received_at
+    if record.status is Status.PROCESSING:
+        return record.lease_expires_at or record.received_at
+    return None
 
 
 @runtime_checkable

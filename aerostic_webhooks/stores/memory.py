@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from .base import Record, Status, utcnow
+from .base import Record, Status, due_at, utcnow
 
 __all__ = ["MemoryStore"]
 
@@ -34,7 +34,7 @@ class MemoryStore:
         self._seq = itertools.count()
 
     def _schedule(self, record: Record) -> None:
-        due = _due_at(record)
+        due = due_at(record)
         if due is not None:
             heapq.heappush(self._due, (due, next(self._seq), record.event_id))
 
@@ -44,7 +44,7 @@ class MemoryStore:
         while self._due:
             due, _, event_id = self._due[0]
             record = self._records.get(event_id)
-            if record is not None and _due_at(record) == due:
+            if record is not None and due_at(record) == due:
                 return due, event_id
             heapq.heappop(self._due)
         return None
@@ -61,7 +61,7 @@ class MemoryStore:
         return [self.add(record) for record in records]
 
     def _claimable(self, record: Record, now: datetime) -> bool:
-        due = _due_at(record)
+        due = due_at(record)
         return due is not None and due <= now
 
     def _claim(self, record: Record, owner: str, lease: float, now: datetime) -> Record:
@@ -253,12 +253,3 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._records)
-
-
-def _due_at(record: Record) -> datetime | None:
-    """When a record can next be claimed: a pending one when due, a processing one at lease end."""
-    if record.status is Status.PENDING:
-        return record.next_attempt_at or record.received_at
-    if record.status is Status.PROCESSING:
-        return record.lease_expires_at
-    return None

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from ..errors import StoreUnavailable
-from .base import Record, Status
+from .base import Record, Status, due_at
 
 __all__ = ["RedisStore"]
 
@@ -253,11 +253,8 @@ class RedisStore:
         return f"{self.prefix}r:{event_id}"
 
     def _add_args(self, record: Record) -> list[str | bytes | int | float]:
-        if record.status is Status.PENDING:
-            next_attempt = record.next_attempt_at or record.received_at
-            due = _opt(next_attempt)
-        else:
-            next_attempt, due = None, _opt(record.lease_expires_at)
+        next_attempt = due_at(record) if record.status is Status.PENDING else None
+        due = _opt(due_at(record))
         return [
             self.prefix,
             record.event_id,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import StoreUnavailable
-from .base import Record, Status
+from .base import Record, Status, due_at
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -47,6 +47,8 @@ _MIGRATIONS: tuple[str, ...] = (
     f"""
     DROP INDEX {_TABLE}_status;
     CREATE INDEX {_TABLE}_failed ON {_TABLE} (received_at) WHERE status = 'failed';
+    UPDATE {_TABLE} SET due_at = NULL WHERE due_at IS NOT NULL AND status IN ('done', 'failed');
+    UPDATE {_TABLE} SET due_at = received_at WHERE due_at IS NULL AND status = 'processing';
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -185,7 +187,7 @@ _INSERT = (
 
 def _row(record: Record) -> tuple[object, ...]:
     """A record as the parameters of ``_INSERT``."""
-    due = record.next_attempt_at or record.received_at
+    due = due_at(record)
     pending = record.status is Status.PENDING
     return (
         record.event_id,
@@ -199,7 +201,7 @@ def _row(record: Record) -> tuple[object, ...]:
         record.lease_owner,
         _ts(record.lease_expires_at),
         _ts(record.received_at),
-        _ts(due) if pending else _ts(record.lease_expires_at),
+        _ts(due),
     )
 
 
@@ -508,14 +510,15 @@ class SQLiteStore:
                 (total,) = conn.execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()
                 for status, count in conn.execute(
                     f"SELECT status, COUNT(*) FROM {_TABLE} WHERE due_at IS NOT NULL "
-                    "GROUP BY status"
+                    "AND status IN ('pending', 'processing') GROUP BY status"
                 ):
                     counts[Status(status)] = count
                 (counts[Status.FAILED],) = conn.execute(
                     f"SELECT COUNT(*) FROM {_TABLE} WHERE status = 'failed'"
                 ).fetchone()
             finally:
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
         counts[Status.DONE] = total - sum(counts.values())
         return counts
 
