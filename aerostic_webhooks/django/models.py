@@ -32,8 +32,9 @@ class WebhookEvent(models.Model):
     lease_owner = models.CharField(_("lease owner"), max_length=200, null=True, blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated at"), null=True, blank=True)
-    # When the row can next be claimed: next_attempt_at if pending, lease_expires_at if
-    # processing, NULL once done or failed. One indexed column makes claims one range scan.
+    # When the row can next be claimed (stores.base.due_at): next_attempt_at if pending,
+    # lease_expires_at if processing, NULL once done or failed. One indexed column makes
+    # claims one range scan.
     due_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False)
 
     class Meta:

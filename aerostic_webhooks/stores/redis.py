@@ -253,8 +253,8 @@ class RedisStore:
         return f"{self.prefix}r:{event_id}"
 
     def _add_args(self, record: Record) -> list[str | bytes | int | float]:
-        next_attempt = due_at(record) if record.status is Status.PENDING else None
-        due = _opt(due_at(record))
+        due = due_at(record)
+        next_attempt = due if record.status is Status.PENDING else None
         return [
             self.prefix,
             record.event_id,
@@ -266,7 +266,7 @@ class RedisStore:
             _opt(next_attempt),
             record.lease_owner or "",
             _opt(record.lease_expires_at),
-            due,
+            _opt(due),
         ]
 
     def add(self, record: Record) -> bool:
