@@ -60,8 +60,9 @@ from typing import Any
 from _env import load_average, print_machine, print_run, version_of
 
 from aerostic_webhooks import SQLiteStore, WebhookReceiver
-from aerostic_webhooks.stores.sqlite import _when_free
+from aerostic_webhooks.stores.sqlite import _INTAKE_CHECKPOINT_PAGES, _when_free
 from aerostic_webhooks.testing import sample_body
+from aerostic_webhooks.worker import _MAINTAIN_INTERVAL
 
 # A fixed, made-up secret: the benchmark needs reproducible inputs, not secrecy.
 SECRET = "whsec_aerostic_bench_0123456789abcdef"
@@ -120,8 +121,9 @@ _FLOOR_INSERT = f"INSERT OR IGNORE INTO {FLOOR_TABLE} VALUES (?, ?)"
 
 class FloorInbox:
     """The floor route's whole work: verify, parse, record. Its SQLite upkeep mirrors the
-    store's: deliveries leave WAL checkpoints to a thread of their own (every 0.25 s), and
-    wait for another process's write lock in the store's short steps (``_when_free``)."""
+    store's, with the library's own settings: deliveries leave WAL checkpoints to a thread of
+    their own, run as often as the worker's upkeep, and wait for another process's write lock
+    in the store's short steps (``_when_free``)."""
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -137,7 +139,7 @@ class FloorInbox:
     def _checkpoints(self) -> None:
         conn = self._connect()
         while True:
-            time.sleep(0.25)
+            time.sleep(_MAINTAIN_INTERVAL)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def accept(self, body: bytes, signature: str) -> bool:
@@ -150,7 +152,7 @@ class FloorInbox:
             if self._conn is None:  # in the server's worker process, at its first request
                 self._conn = self._connect()
                 self._conn.execute("PRAGMA busy_timeout=0")
-                self._conn.execute("PRAGMA wal_autocheckpoint=10000")
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={_INTAKE_CHECKPOINT_PAGES}")
                 threading.Thread(target=self._checkpoints, daemon=True).start()
             conn = self._conn
             _when_free(lambda: conn.execute(_FLOOR_INSERT, row), 5.0)
