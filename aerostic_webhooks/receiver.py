@@ -25,6 +25,7 @@ from .errors import (
 )
 from .events import Event, parse_event
 from .intake import INLINE_MAX_BYTES, Intake, off_loop
+from .leases import LeaseKeeper
 from .signature import SIGNATURE_HEADER, Secrets, signing_keys, verify_with_keys
 from .stores.base import Record, Status, Store, utcnow
 from .stores.sqlite import SQLiteStore
@@ -160,6 +161,9 @@ class WebhookReceiver:
         self._loop = LoopThread()
         self._lease = lease_seconds
         self._inline_owner = new_owner_id() + ":inline"
+        self._inline_leases = LeaseKeeper(
+            self.store, self._inline_owner, lease_seconds, worker_context
+        )
         self._parsed = _ParsedEvents()
         self._context = worker_context or nullcontext
         self._intake = Intake(self._record_batch)
@@ -372,7 +376,8 @@ class WebhookReceiver:
                     raise StoreUnavailable(f"{event_id} is being processed by another request")
                 logger.debug("duplicate delivery of %s acknowledged", event_id)
                 return Receipt(event, event_id, duplicate=True)
-        errors = self._run_handlers(event, event_id)
+        with self._inline_leases.holding(event_id):
+            errors = self._run_handlers(event, event_id)
         if errors:
             self._store_call(self.store.release, event_id, self._inline_owner)
             raise ProcessingFailed(f"{len(errors)} handler(s) failed for {event_id}")

@@ -18,7 +18,7 @@ from aerostic_webhooks import (
     WebhookReceiver,
     sign,
 )
-from aerostic_webhooks.stores import Record, Status, Store
+from aerostic_webhooks.stores import Record, SQLiteStore, Status, Store
 from aerostic_webhooks.stores.base import utcnow
 from aerostic_webhooks.testing import sample_body
 from aerostic_webhooks.worker import Worker
@@ -357,6 +357,63 @@ def test_inline_takes_over_a_record_whose_process_died() -> None:
         receipt = webhooks.receive(body, {"X-Aerostic-Signature": sign(body, SECRET)})
     assert receipt.duplicate is False
     assert seen == ["msg_abc123"]
+
+
+def leases_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "aerostic-webhooks-leases"]
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+def test_inline_handler_longer_than_its_lease_keeps_its_record(
+    store_kind: str, tmp_path: Any
+) -> None:
+    store: Store = MemoryStore() if store_kind == "memory" else SQLiteStore(tmp_path / "in.db")
+    started, release = threading.Event(), threading.Event()
+    runs: list[str] = []
+    with WebhookReceiver(SECRET, store=store, process="inline", lease_seconds=0.3) as webhooks:
+
+        @webhooks.on("*")
+        def slow(event: Event) -> None:
+            runs.append(event.event)
+            started.set()
+            release.wait(5)
+
+        thread = threading.Thread(target=deliver, args=(webhooks,))
+        thread.start()
+        try:
+            assert started.wait(5)
+            time.sleep(1.0)  # more than three leases
+            # Another process's worker finds nothing to take up.
+            assert store.claim("another worker", limit=10, lease=30) == []
+            record = store.get("message.received:msg_abc123")
+            assert record is not None and record.status is Status.PROCESSING
+            assert record.lease_expires_at is not None and record.lease_expires_at > utcnow()
+        finally:
+            release.set()
+            thread.join(5)
+        assert runs == ["message.received"]
+        record = store.get("message.received:msg_abc123")
+        assert record is not None and record.status is Status.DONE
+    deadline = time.monotonic() + 2
+    while leases_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert leases_threads() == []  # nothing held, no thread left
+
+
+def test_inline_handler_completes_when_its_lease_cannot_be_renewed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class NoRenewals(MemoryStore):
+        def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+            raise ConnectionError("store down for a moment")
+
+    store = NoRenewals()
+    with WebhookReceiver(SECRET, store=store, process="inline", lease_seconds=0.09) as webhooks:
+        webhooks.on("*")(lambda e: time.sleep(0.2))
+        event_id = deliver(webhooks)
+    record = store.get(event_id)
+    assert record is not None and record.status is Status.DONE
+    assert "could not renew inline leases" in caplog.text
 
 
 def test_inline_async_handler() -> None:
