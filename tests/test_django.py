@@ -441,3 +441,29 @@ def test_async_view_records_on_the_intake_thread_inside_the_request_cycle(
     assert get_receiver().drain(10)
     assert WebhookEvent.objects.get(event_id="message.received:msg_async").status == "done"
     assert [call["event"].data.id for call in received.calls] == ["msg_async"]
+
+
+def test_migration_0002_brings_old_rows_to_the_due_rule() -> None:
+    """Rows as the store wrote them before stores.base.due_at(): a done and a failed row still
+    due at their old lease's end, a processing row with no lease never due."""
+    from importlib import import_module
+
+    apply_due_at_rule = import_module(
+        "aerostic_webhooks.django.migrations.0002_due_at_rule"
+    ).apply_due_at_rule
+    store = DjangoStore()
+    now = utcnow()
+    past = now - timedelta(minutes=1)
+    body = sample_body("message.received")
+    for event_id, status in [("old-done", Status.DONE), ("old-failed", Status.FAILED)]:
+        store.add(Record(event_id, "message.received", body, past, status=status, attempts=1))
+    store.add(Record("stuck", "message.received", body, past, status=Status.PROCESSING))
+    WebhookEvent.objects.filter(event_id__in=["old-done", "old-failed"]).update(due_at=past)
+    WebhookEvent.objects.filter(event_id="stuck").update(due_at=None)
+
+    apply_due_at_rule(apps, None)
+
+    claimed = store.claim("a worker", limit=10, lease=30)
+    assert [record.event_id for record in claimed] == ["stuck"]
+    assert store.get("old-done").status is Status.DONE  # type: ignore[union-attr]
+    assert store.get("old-failed").status is Status.FAILED  # type: ignore[union-attr]
