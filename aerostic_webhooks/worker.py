@@ -176,6 +176,7 @@ class Worker:
         self._idle = 0
         self._token_out = False
         self._stopped = threading.Event()
+        self._finished = threading.Event()
         self._threads: list[threading.Thread] = []
 
     @property
@@ -199,6 +200,7 @@ class Worker:
             # earlier start that are still finishing a handler must not take the new ones'.
             self._tokens = queue.SimpleQueue()
             self._stopped = threading.Event()
+            self._finished = threading.Event()
             ready: collections.deque[Record] = collections.deque()
             threads = [
                 threading.Thread(
@@ -211,7 +213,7 @@ class Worker:
             threads.append(
                 threading.Thread(
                     target=self._housekeeping,
-                    args=(self._stopped,),
+                    args=(self._finished,),
                     name="aerostic-webhooks-housekeeping",
                 )
             )
@@ -270,8 +272,13 @@ class Worker:
             for _ in range(self._concurrency):
                 self._tokens.put(False)
         deadline = time.monotonic() + timeout
-        for thread in threads:
+        *handlers, housekeeping = threads
+        for thread in handlers:
             thread.join(max(deadline - time.monotonic(), 0))
+        # Leases are renewed until the handlers are done or the timeout ends: stopped any
+        # sooner, another worker could take up a record whose handler is still running.
+        self._finished.set()
+        housekeeping.join(max(deadline - time.monotonic(), 0.1))
         with self._changed:
             unfinished = len(self._in_flight)
         if unfinished:
@@ -487,9 +494,9 @@ class Worker:
                 exc_info=True,
             )
 
-    def _housekeeping(self, stopped: threading.Event) -> None:
+    def _housekeeping(self, finished: threading.Event) -> None:
         next_renewal = next_purge = time.monotonic()
-        while not stopped.is_set():
+        while not finished.is_set():
             with self._context():
                 now = time.monotonic()
                 if now >= next_renewal:
@@ -500,7 +507,7 @@ class Worker:
                     next_purge = now + self._purge_interval
                 self._complete()  # what a thread that went on to a slow handler left behind
                 self._maintain()
-            stopped.wait(min(self._lease / 3, _MAINTAIN_INTERVAL))
+            finished.wait(min(self._lease / 3, _MAINTAIN_INTERVAL))
 
     def _maintain(self) -> None:
         try:

@@ -215,6 +215,34 @@ def test_a_slow_handler_keeps_its_lease_and_is_not_run_twice() -> None:
         second.close()
 
 
+def test_leases_are_renewed_while_close_waits_for_a_slow_handler() -> None:
+    store = MemoryStore()
+    runs: list[str] = []
+    started = threading.Event()
+    first = WebhookReceiver(SECRET, store=store, lease_seconds=0.3)
+    second = WebhookReceiver(SECRET, store=store, lease_seconds=0.3)
+    try:
+
+        def slow(event: Event) -> None:
+            runs.append("first")
+            started.set()
+            time.sleep(1.2)  # four lease periods, most of them inside close()
+
+        first.on("*")(slow)
+        second.on("*")(lambda e: runs.append("second"))
+        deliver(first)
+        assert started.wait(5)
+        second.start()
+        first.close(timeout=5)
+        assert second.drain(5)
+        assert runs == ["first"]
+        record = store.get("message.received:msg_abc123")
+        assert record is not None and record.status is Status.DONE and record.attempts == 1
+    finally:
+        first.close()
+        second.close()
+
+
 def test_close_waits_for_running_handlers_and_is_idempotent() -> None:
     finished = threading.Event()
     before = set(threading.enumerate())
