@@ -419,7 +419,16 @@ class Worker:
         error: str | None = "not run"
         try:
             try:
-                error = self._process(record)
+                if record.attempts > self.max_attempts:
+                    # Each claim counts an attempt, so only attempts that ended with no
+                    # outcome get here: a handler that kills its process (out of memory, a
+                    # crash) would otherwise be claimed and run once a lease, forever.
+                    error = (
+                        f"not run again: {record.attempts - 1} attempts, the last with no "
+                        "outcome (did its worker die?)"
+                    )
+                else:
+                    error = self._process(record)
             except BaseException as exc:  # process() reports handler errors; this is our bug
                 logger.exception("processing %s failed unexpectedly", record.event_id)
                 error = f"{type(exc).__name__}: {exc}"

@@ -188,6 +188,28 @@ def test_a_record_left_processing_by_a_dead_worker_is_taken_up_after_its_lease()
     assert record is not None and record.status is Status.DONE and record.attempts == 2
 
 
+def test_a_record_whose_worker_died_in_every_attempt_ends_failed_without_running() -> None:
+    """A poison event (its handler kills the process) is dead-lettered once the policy's
+    attempts are used up, not claimed and run once a lease forever."""
+    store = MemoryStore()
+    body = sample_body("message.received")
+    event_id = "message.received:msg_abc123"
+    store.add(Record(event_id, "message.received", body, utcnow()))
+    for attempt in range(3):  # retry_delays=(0, 0) below: three attempts in all
+        [claimed] = store.claim(f"worker {attempt}, killed by the handler", limit=1, lease=0.01)
+        assert claimed.attempts == attempt + 1
+        time.sleep(0.02)
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=store, retry_delays=(0, 0)) as webhooks:
+        webhooks.on("*")(lambda e: seen.append(e.data.id))
+        webhooks.start()
+        assert webhooks.drain(5)
+    assert seen == []
+    record = store.get(event_id)
+    assert record is not None and record.status is Status.FAILED
+    assert record.last_error is not None and "the last with no outcome" in record.last_error
+
+
 def test_a_slow_handler_keeps_its_lease_and_is_not_run_twice() -> None:
     store = MemoryStore()
     runs: list[str] = []
