@@ -198,6 +198,22 @@ def test_lifespan_starts_and_drains_the_worker(
     assert not receiver._worker.running
 
 
+def test_a_second_lifespan_serves_again(
+    make_app: Callable[[WebhookReceiver], ASGIApp], tmp_path: Path
+) -> None:
+    """One module-level app, one TestClient per test: each startup serves as the first did."""
+    seen: list[str] = []
+    receiver = WebhookReceiver(SECRET, store=SQLiteStore(tmp_path / "inbox.sqlite3"))
+    receiver.on("*")(lambda event: seen.append(event.data.id))
+    app = make_app(receiver)
+    for n in range(2):
+        with TestClient(app) as client:
+            body = sample_body("message.received", id=f"msg-{n}")
+            response = client.post(URL, content=body, headers=signed(body))
+            assert (response.status_code, response.json()) == (200, {"received": True})
+    assert seen == ["msg-0", "msg-1"]
+
+
 def test_the_loop_stays_responsive_while_100_deliveries_and_slow_handlers_run(
     make_app: Callable[[WebhookReceiver], ASGIApp], tmp_path: Path
 ) -> None:

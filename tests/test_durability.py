@@ -616,3 +616,38 @@ def test_a_forked_child_records_and_processes_although_the_parent_was_busy(
         for lock in held:
             lock.release()
         webhooks.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_that_only_closes_the_store_does_not_wait_for_the_parents_locks(
+    tmp_path: Path,
+) -> None:
+    # An "external" web process forked while a thread of the parent was inside the store,
+    # shut down before it recorded anything.
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    held = [store._intake._lock, store._work._lock]
+    for lock in held:
+        lock.acquire()
+    try:
+        assert _in_child(store.close, timeout=5) == 0
+    finally:
+        for lock in held:
+            lock.release()
+        store.close()
+
+
+def test_a_closed_store_reopens_when_used_again(tmp_path: Path) -> None:
+    """A second application lifespan (one TestClient per test) uses the store it closed."""
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    assert store.add(Record("first", "message.received", b"{}", utcnow()))
+    store.close()
+    assert store.add(Record("second", "message.received", b"{}", utcnow()))
+    assert [r.event_id for r in store.claim("w", limit=5, lease=30)] == ["first", "second"]
+    store.close()
+    store.close()  # twice is fine
+
+
+@pytest.mark.parametrize("path", ["", ":memory:"])
+def test_sqlite_store_refuses_an_in_memory_database(path: str) -> None:
+    with pytest.raises(ValueError, match="MemoryStore"):
+        SQLiteStore(path)

@@ -157,5 +157,5 @@ class Store(Protocol):
         ...
 
     def close(self) -> None:
-        """Release resources; the store is not used afterwards."""
+        """Release connections; a store used again afterwards reconnects (a second lifespan)."""
         ...

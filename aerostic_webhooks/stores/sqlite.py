@@ -110,7 +110,7 @@ def _when_free(statement: Callable[[], T], timeout: float) -> T:
 
 
 class _Connection:
-    """One SQLite connection shared by threads under a lock, reopened after a fork.
+    """One SQLite connection shared by threads under a lock, reopened after a fork or a close.
 
     With ``retry_busy`` (seconds) and a file in WAL mode, SQLite's own busy timeout is off
     and ``execute`` waits for the write lock in short steps instead (``_when_free``). Without
@@ -126,7 +126,7 @@ class _Connection:
         self.retry_busy: float | None = None  # in effect, once the journal mode is known
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._conn = self._open()
+        self._conn: sqlite3.Connection | None = self._open()
 
     def _open(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -143,6 +143,8 @@ class _Connection:
             self._forked()
         with self._lock:
             conn = self._conn
+            if conn is None:  # closed: an application started again (a second lifespan)
+                conn = self._conn = self._open()
             if not write:
                 yield conn
                 return
@@ -171,12 +173,16 @@ class _Connection:
         with _FORK_LOCK:
             if self._pid != os.getpid():
                 self._lock = threading.Lock()
-                self._conn = self._open()
+                self._conn = None
                 self._pid = os.getpid()
 
     def close(self) -> None:
+        if self._pid != os.getpid():
+            self._forked()  # never wait for a lock a thread of the parent may have held
         with self._lock:
-            self._conn.close()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
 
 
 _INSERT = (
@@ -242,6 +248,13 @@ class SQLiteStore:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous}")
         self.path = os.fspath(path)
+        if self.path in ("", ":memory:"):
+            # Each of the store's connections would get a database of its own, and the
+            # worker would never see what deliveries recorded.
+            raise ValueError(
+                f"SQLiteStore needs a file, not {self.path!r}: for an in-memory store use "
+                "MemoryStore()"
+            )
         self._busy_timeout = busy_timeout
         self._synchronous = synchronous.upper()
         # Two connections: deliveries are recorded on one, the worker and the inspection
