@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from .errors import PayloadTooLarge, WebhookError
+from .errors import InvalidPayload, PayloadTooLarge, WebhookError
 from .receiver import Headers, Receipt, WebhookReceiver
 
 __all__ = [
@@ -62,27 +62,48 @@ def too_large(declared_length: int | None, limit: int) -> PayloadTooLarge | None
 
 
 def read_limited(read: Callable[[int], bytes], limit: int) -> bytes:
-    """Read a body to its end, but never more than ``limit + 1`` bytes (chunked bodies too)."""
+    """Read a body to its end, but never more than ``limit + 1`` bytes (chunked bodies too).
+
+    A body the server cannot deliver (bad chunked framing, a client gone mid-body) is a 400.
+    """
     chunks: list[bytes] = []
     total = 0
-    while chunk := read(min(_CHUNK, limit + 1 - total)):
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:
-            logger.warning("rejected a delivery: body is over the limit of %d bytes", limit)
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    try:
+        while chunk := read(min(_CHUNK, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise _over(limit)
+    except WebhookError:
+        raise
+    except Exception as error:
+        raise _unreadable(error) from None
     return b"".join(chunks)
 
 
 async def read_limited_async(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     """``read_limited`` for an ASGI body stream: stops at the first chunk past ``limit``."""
     body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
-            logger.warning("rejected a delivery: body is over the limit of %d bytes", limit)
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > limit:
+                raise _over(limit)
+    except WebhookError:
+        raise
+    except Exception as error:  # e.g. Starlette's ClientDisconnect
+        raise _unreadable(error) from None
     return bytes(body)
+
+
+def _over(limit: int) -> PayloadTooLarge:
+    logger.warning("rejected a delivery: body is over the limit of %d bytes", limit)
+    return PayloadTooLarge(f"body is over the limit of {limit} bytes")
+
+
+def _unreadable(error: Exception) -> InvalidPayload:
+    logger.warning("rejected a delivery: its body could not be read (%s)", type(error).__name__)
+    return InvalidPayload(f"body could not be read: {type(error).__name__}")
 
 
 def receive_request(

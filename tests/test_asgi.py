@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from starlette.types import ASGIApp, Message
 
 from aerostic_webhooks import Event, MemoryStore, SQLiteStore, WebhookReceiver
 from aerostic_webhooks.fastapi import verified_event, webhook_router
-from aerostic_webhooks.stores import Record
+from aerostic_webhooks.stores import Record, Status
 
 from ._fuzzing import URL, fastapi_app, starlette_app
 from .contract import (
@@ -101,9 +102,11 @@ def test_other_methods_get_405(client: TestClient, method: str) -> None:
 
 
 async def call(
-    app: ASGIApp, headers: list[tuple[bytes, bytes]], chunks: Iterator[bytes]
+    app: ASGIApp, headers: list[tuple[bytes, bytes]], chunks: Iterator[bytes | Message]
 ) -> tuple[int, bytes, int]:
-    """Drive the app with a raw ASGI request; return status, body and chunks it pulled."""
+    """Drive the app with a raw ASGI request; return status, body and chunks it pulled.
+
+    A message among the chunks (``http.disconnect``) is handed over as it is."""
     pulled = 0
     sent: list[Message] = []
 
@@ -111,6 +114,8 @@ async def call(
         nonlocal pulled
         chunk = next(chunks, None)
         pulled += 1
+        if isinstance(chunk, dict):
+            return chunk
         return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
 
     async def send(message: Message) -> None:
@@ -147,6 +152,21 @@ def test_declared_length_over_the_limit_is_refused_before_reading(
     status, body, pulled = asyncio.run(call(make_app(webhooks), headers, unreadable()))
     assert (status, json.loads(body)) == (413, TOO_LARGE)
     assert pulled == 0
+
+
+def test_a_client_gone_mid_body_is_a_400_and_no_error_is_logged(
+    make_app: Callable[[WebhookReceiver], ASGIApp],
+    webhooks: WebhookReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = sample_body("message.received")
+    chunks: Iterator[bytes | Message] = iter([body[:10], {"type": "http.disconnect"}])
+    headers = [(name.lower().encode(), value.encode()) for name, value in signed(body).items()]
+    status, answer, _ = asyncio.run(call(make_app(webhooks), headers, chunks))
+    assert (status, json.loads(answer)) == (400, {"error": "Invalid payload"})
+    assert webhooks.store.counts()[Status.PENDING] == 0  # nothing recorded
+    assert [r.levelname for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "its body could not be read (ClientDisconnect)" in caplog.text
 
 
 def test_an_endless_chunked_body_is_cut_at_the_limit(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,9 +68,11 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
     }
     command = [gunicorn, "--chdir", str(tmp_path), "-w", "3", "-k", request.param]
     command += ["--threads", "4", "-b", f"127.0.0.1:{port}", "served_app:app"]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    log = tmp_path / "server.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, env=env, stderr=stderr)
     try:
-        server_helpers.wait_until_serving(port, process, "/", status=200)
+        server_helpers.wait_until_serving(port, process, "/", status=200, log=log.read_text)
         yield port, counter
     finally:
         process.send_signal(signal.SIGTERM)
@@ -77,8 +81,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
 
 
 def post(port: int, body: bytes, *, chunked: bool) -> tuple[int, bytes, float]:
@@ -114,3 +116,26 @@ def test_gunicorn_acks_at_once_while_handlers_sleep_and_handles_each_event_once(
         line.split(" ", 1)[1] for line in counter.read_text().splitlines()
     )
     assert handled == collections.Counter(expected)
+
+
+def test_a_body_the_server_cannot_read_is_a_400_not_a_500(
+    server: tuple[int, Path], tmp_path: Path
+) -> None:
+    """Broken chunked framing: gunicorn raises from the body's read, inside the blueprint."""
+    port, _ = server
+    signature = sign(b"", SECRET).encode()
+    for framing in (b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXX0\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /webhooks/aerostic HTTP/1.1\r\nHost: localhost\r\n"
+                b"Transfer-Encoding: chunked\r\nConnection: close\r\n"
+                b"X-Aerostic-Signature: " + signature + b"\r\n\r\n" + framing
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0] == b"HTTP/1.1 400 BAD REQUEST", framing
+        assert b"content-type: application/json" in head.lower()
+        assert json.loads(body) == {"error": "Invalid payload"}
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
