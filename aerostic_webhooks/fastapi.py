@@ -13,11 +13,11 @@ from fastapi.routing import APIRoute
 from .errors import WebhookError
 from .events import Event
 from .openapi import operation_extra, responses
-from .receiver import WebhookReceiver
+from .receiver import Receipt, WebhookReceiver
 from .response import declared_length, receive_request_async
 from .starlette import receive_request, webhook_lifespan
 
-__all__ = ["verified_event", "webhook_router"]
+__all__ = ["verified_event", "verified_receipt", "webhook_router"]
 
 RouteHandler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -64,17 +64,25 @@ def webhook_router(receiver: WebhookReceiver, *, tags: list[str | Enum] | None =
     return router
 
 
-def verified_event(receiver: WebhookReceiver) -> Callable[[Request], Awaitable[Event]]:
-    """A dependency giving the verified, recorded event, for endpoints of your own."""
+def verified_receipt(receiver: WebhookReceiver) -> Callable[[Request], Awaitable[Receipt]]:
+    """A dependency giving a verified, recorded delivery's receipt, for endpoints of your own:
+    ``receipt.duplicate`` is true for the sender's retry of an event already recorded."""
 
-    async def dependency(request: Request) -> Event:
+    async def dependency(request: Request) -> Receipt:
         length = declared_length(request.headers.get("content-length"))
         try:
-            receipt = await receive_request_async(
-                receiver, request.headers, request.stream(), length
-            )
+            return await receive_request_async(receiver, request.headers, request.stream(), length)
         except WebhookError as error:
             raise HTTPException(error.status_code, error.public_message) from None
-        return receipt.event
+
+    return dependency
+
+
+def verified_event(receiver: WebhookReceiver) -> Callable[[Request], Awaitable[Event]]:
+    """A dependency giving the verified, recorded event of every delivery, retries included."""
+    receipt = verified_receipt(receiver)
+
+    async def dependency(request: Request) -> Event:
+        return (await receipt(request)).event
 
     return dependency

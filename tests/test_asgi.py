@@ -21,8 +21,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message
 
-from aerostic_webhooks import Event, MemoryStore, SQLiteStore, WebhookReceiver
-from aerostic_webhooks.fastapi import verified_event, webhook_router
+from aerostic_webhooks import Event, MemoryStore, Receipt, SQLiteStore, WebhookReceiver
+from aerostic_webhooks.fastapi import verified_event, verified_receipt, webhook_router
 from aerostic_webhooks.stores import Record, Status
 
 from ._fuzzing import URL, fastapi_app, starlette_app
@@ -328,6 +328,27 @@ def test_verified_event_dependency_gives_the_same_statuses() -> None:
             huge = b"x" * (LIMIT + 1)
             assert client.post("/mine", content=huge, headers=signed(huge)).status_code == 413
         assert receiver.store.get("message.read:msg_def456") is not None
+
+
+def test_verified_receipt_tells_the_senders_retry_from_a_new_event() -> None:
+    ran: list[str] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
+        app = FastAPI()
+        verified = Depends(verified_receipt(receiver))
+
+        @app.post("/once")
+        async def once(receipt: Receipt = verified) -> dict[str, str]:
+            if not receipt.duplicate:
+                ran.append(receipt.event_id)
+            return {"type": receipt.event.event}
+
+        with TestClient(app) as client:
+            body = sample_body("message.read")
+            for _ in range(3):  # the first delivery and two retries
+                response = client.post("/once", content=body, headers=signed(body))
+                assert response.json() == {"type": "message.read"}
+            assert client.post("/once", content=body).status_code == 401
+    assert ran == ["message.read:msg_def456"]
 
 
 def test_an_external_receiver_runs_no_worker_in_the_web_process(
