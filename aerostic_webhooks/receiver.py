@@ -473,7 +473,10 @@ class WebhookReceiver:
         ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         if self.process == "background":
-            self._worker.drain(timeout)
+            try:
+                self._worker.drain(timeout)
+            except Exception:  # the store is down: what is due stays recorded for later
+                logger.warning("could not finish the due work at shutdown", exc_info=True)
         self.close(max(deadline - time.monotonic(), 0.0))
 
     def retry(self, event_id: str) -> bool:

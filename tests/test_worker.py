@@ -265,6 +265,27 @@ def test_leases_are_renewed_while_close_waits_for_a_slow_handler() -> None:
         second.close()
 
 
+def test_stop_serving_stops_the_worker_even_when_the_store_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class DownAtShutdown(MemoryStore):
+        down = False
+
+        def next_due(self) -> Any:
+            if self.down:
+                raise ConnectionError("the store went away")
+            return super().next_due()
+
+    store = DownAtShutdown()
+    webhooks = WebhookReceiver(SECRET, store=store)
+    webhooks.start_serving()
+    assert webhooks._worker.running
+    store.down = True
+    webhooks.stop_serving(timeout=2)
+    assert not webhooks._worker.running
+    assert "could not finish the due work at shutdown" in caplog.text
+
+
 def test_close_waits_for_running_handlers_and_is_idempotent() -> None:
     finished = threading.Event()
     before = set(threading.enumerate())
