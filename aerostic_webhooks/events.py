@@ -162,7 +162,8 @@ class ContactCreated(Event):
 class UnknownEvent(Event):
     """An event type these models do not know yet: accepted, with ``data`` kept as a dict."""
 
-    event: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    # No NUL: every store must be able to keep the type (PostgreSQL text refuses it).
+    event: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]+$")]
     data: dict[str, Any]
 
 

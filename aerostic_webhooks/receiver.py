@@ -74,9 +74,14 @@ def default_event_id(event: Event, body: bytes) -> str:
         data_id = None
     if data_id is not None and data_id != "":
         event_id = f"{event.event}:{data_id}"
-        if len(event_id) <= _MAX_EVENT_ID:
+        if _usable_id(event_id):
             return event_id
     return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _usable_id(event_id: str) -> bool:
+    """Every store can key a record by it: not too long, and no NUL (PostgreSQL refuses it)."""
+    return 0 < len(event_id) <= _MAX_EVENT_ID and "\x00" not in event_id
 
 
 def _header(headers: Headers, name: str) -> str | bytes | None:
@@ -346,7 +351,7 @@ class WebhookReceiver:
         except Exception:
             logger.exception("the event_id callable raised; using the default identity")
             return default_event_id(event, body)
-        if not isinstance(event_id, str) or not event_id or len(event_id) > _MAX_EVENT_ID:
+        if not isinstance(event_id, str) or not _usable_id(event_id):
             logger.error("the event_id callable returned no usable id; using the default identity")
             return default_event_id(event, body)
         return event_id

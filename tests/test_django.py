@@ -22,7 +22,7 @@ from django.core.management.base import SystemCheckError
 from django.db.models import QuerySet
 from django.test import Client
 
-from aerostic_webhooks import MessageReceived, StoreUnavailable, WebhookReceiver
+from aerostic_webhooks import InvalidPayload, MessageReceived, StoreUnavailable, WebhookReceiver
 from aerostic_webhooks.django import get_receiver
 from aerostic_webhooks.django.apps import AerosticWebhooksConfig, check_settings, request_cycle
 from aerostic_webhooks.django.models import WebhookEvent
@@ -467,3 +467,34 @@ def test_migration_0002_brings_old_rows_to_the_due_rule() -> None:
     assert [record.event_id for record in claimed] == ["stuck"]
     assert store.get("old-done").status is Status.DONE  # type: ignore[union-attr]
     assert store.get("old-failed").status is Status.FAILED  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_keeps_deliveries_and_errors_that_hold_nul() -> None:
+    """PostgreSQL text refuses NUL: such a delivery was a 503 on every retry, for ever."""
+    store = DjangoStore(using="postgres")
+    receiver = WebhookReceiver(
+        SECRET, store=store, retry_delays=(60,), worker_context=request_cycle
+    )
+    try:
+
+        @receiver.on("*")
+        def broken(event: Any) -> None:
+            raise ValueError("bad byte \x00 in the CRM's answer")
+
+        body = sample_body("message.received", id="msg\x00nul")
+        receipt = receiver.receive(body, signed(body))
+        assert receipt.event_id.startswith("sha256:")  # an id every store can key
+        assert receiver.receive(body, signed(body)).duplicate is True
+        assert receiver.drain(30)
+        record = store.get(receipt.event_id)
+        assert record is not None and record.status is Status.PENDING  # retried later
+        assert record.last_error == "ValueError: bad byte \ufffd in the CRM's answer"
+        typed = json.dumps(
+            {"event": "odd\x00type", "timestamp": "2024-01-15T10:30:00Z", "data": {}}
+        ).encode()
+        with pytest.raises(InvalidPayload):
+            receiver.receive(typed, signed(typed))
+    finally:
+        receiver.close()

@@ -155,6 +155,24 @@ def test_broken_event_id_callable_falls_back_to_the_default(
     assert "event_id callable raised" in caplog.text
 
 
+@pytest.mark.parametrize("bad", ["", "x" * 513, "has\x00nul"])
+def test_an_event_id_no_store_could_key_falls_back_to_the_default(
+    bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), event_id=lambda event: bad) as webhooks:
+        body = sample_body("message.received")
+        assert webhooks.receive(body, headers_for(body)).event_id == "message.received:msg_abc123"
+    assert "returned no usable id" in caplog.text
+
+
+def test_an_unknown_event_type_holding_nul_is_an_invalid_payload(
+    receiver: WebhookReceiver,
+) -> None:
+    body = json.dumps({"event": "a\x00b", "timestamp": "2024-01-15T10:30:00Z", "data": {}})
+    with pytest.raises(InvalidPayload):
+        receiver.receive(body.encode(), headers_for(body.encode()))
+
+
 def test_redelivery_is_acknowledged_as_duplicate_and_handled_once(
     receiver: WebhookReceiver,
 ) -> None:

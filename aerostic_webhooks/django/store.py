@@ -29,6 +29,11 @@ def _to_db(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc).replace(tzinfo=None)  # naive UTC when USE_TZ=False
 
 
+def _text(value: str) -> str:
+    """Text PostgreSQL can keep: it refuses NUL in text (an error's message may hold one)."""
+    return value.replace("\x00", "\ufffd")
+
+
 def _from_db(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
@@ -82,6 +87,7 @@ class DjangoStore:
                     received_at=_to_db(record.received_at),
                     status=record.status.value,
                     attempts=record.attempts,
+                    last_error=_text(record.last_error or ""),
                     next_attempt_at=_to_db(next_attempt),
                     lease_owner=record.lease_owner,
                     lease_expires_at=_to_db(record.lease_expires_at),
@@ -173,7 +179,7 @@ class DjangoStore:
                 status=Status.PENDING.value,
                 next_attempt_at=_to_db(at),
                 due_at=_to_db(at),
-                last_error=error,
+                last_error=_text(error),
             )
             == 1
         )
@@ -181,7 +187,7 @@ class DjangoStore:
     def fail(self, event_id: str, owner: str, *, error: str) -> bool:
         return (
             self._finish(
-                [event_id], owner, status=Status.FAILED.value, due_at=None, last_error=error
+                [event_id], owner, status=Status.FAILED.value, due_at=None, last_error=_text(error)
             )
             == 1
         )
