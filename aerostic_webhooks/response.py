@@ -111,12 +111,17 @@ def receive_request(
     headers: Headers,
     read: Callable[[int], bytes],
     length: int | None,
+    limit: int | None = None,
 ) -> Receipt:
-    """Refuse a declared length over the limit, read the body (bounded) and receive it."""
-    refused = too_large(length, receiver.max_body_bytes)
+    """Refuse a declared length over the limit, read the body (bounded) and receive it.
+
+    ``limit`` lowers the receiver's own, for a host with a body limit of its own (Django's
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE``)."""
+    limit = _limit(receiver, limit)
+    refused = too_large(length, limit)
     if refused is not None:
         raise refused
-    return receiver.receive(read_limited(read, receiver.max_body_bytes), headers)
+    return receiver.receive(read_limited(read, limit), headers)
 
 
 async def receive_request_async(
@@ -124,13 +129,19 @@ async def receive_request_async(
     headers: Headers,
     chunks: AsyncIterator[bytes],
     length: int | None,
+    limit: int | None = None,
 ) -> Receipt:
     """``receive_request`` for an asyncio server: nothing that blocks runs on the event loop."""
-    refused = too_large(length, receiver.max_body_bytes)
+    limit = _limit(receiver, limit)
+    refused = too_large(length, limit)
     if refused is not None:
         raise refused
-    body = await read_limited_async(chunks, receiver.max_body_bytes)
+    body = await read_limited_async(chunks, limit)
     return await receiver.receive_async(body, headers)
+
+
+def _limit(receiver: WebhookReceiver, limit: int | None) -> int:
+    return receiver.max_body_bytes if limit is None else min(limit, receiver.max_body_bytes)
 
 
 def respond(
@@ -138,10 +149,11 @@ def respond(
     headers: Headers,
     read: Callable[[int], bytes],
     length: int | None,
+    limit: int | None = None,
 ) -> tuple[int, bytes]:
     """A synchronous adapter's whole request: ``receive_request``, then the contract's answer."""
     try:
-        return render(receive_request(receiver, headers, read, length))
+        return render(receive_request(receiver, headers, read, length, limit))
     except WebhookError as error:
         return render(error)
 
@@ -151,9 +163,10 @@ async def respond_async(
     headers: Headers,
     chunks: AsyncIterator[bytes],
     length: int | None,
+    limit: int | None = None,
 ) -> tuple[int, bytes]:
     """An asyncio adapter's whole request: ``receive_request_async``, then the answer."""
     try:
-        return render(await receive_request_async(receiver, headers, chunks, length))
+        return render(await receive_request_async(receiver, headers, chunks, length, limit))
     except WebhookError as error:
         return render(error)

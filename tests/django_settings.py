@@ -88,6 +88,5 @@ AEROSTIC_WEBHOOKS = {
     "SECRET": "whsec_adapter_secret",
     "MAX_BODY_BYTES": 4096,
 }
-DATA_UPLOAD_MAX_MEMORY_SIZE = 2048  # below MAX_BODY_BYTES: the view must still answer 413
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views import View
 
@@ -43,7 +44,8 @@ class AerosticWebhookView(View):
         if receiver is None:
             return _answer(render(StoreUnavailable("misconfigured")))
         headers = EnvironHeaders(request.META)  # request.headers would copy every header
-        return _answer(respond(receiver, headers, _reader(request), _length(request)))
+        read, length = _reader(request), _length(request)
+        return _answer(respond(receiver, headers, read, length, _upload_limit()))
 
     def _receiver_or_none(self) -> WebhookReceiver | None:
         try:
@@ -68,8 +70,8 @@ class AsyncAerosticWebhookView(AerosticWebhookView):
         if receiver is None:
             return _answer(render(StoreUnavailable("misconfigured")))
         headers = EnvironHeaders(request.META)
-        chunks = _chunks(_reader(request))
-        return _answer(await respond_async(receiver, headers, chunks, _length(request)))
+        chunks, length = _chunks(_reader(request)), _length(request)
+        return _answer(await respond_async(receiver, headers, chunks, length, _upload_limit()))
 
 
 def _answer(outcome: tuple[int, bytes]) -> HttpResponse:
@@ -84,12 +86,19 @@ async def _chunks(read: Callable[[int], bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _upload_limit() -> int | None:
+    """Django's limit on a request body held in memory, which applies here too (a 413)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return limit if isinstance(limit, int) else None
+
+
 def _length(request: HttpRequest) -> int | None:
     return body_length(request.META)
 
 
 def _reader(request: HttpRequest) -> Any:
-    """How to read the raw body without Django's DATA_UPLOAD_MAX_MEMORY_SIZE (a 400, not 413).
+    """How to read the raw body without Django's own DATA_UPLOAD_MAX_MEMORY_SIZE check (a 400):
+    the view applies that limit itself, with the contract's 413.
 
     A chunked body under a WSGI server has no usable CONTENT_LENGTH, and Django's own stream
     is then empty or cut short: read the server's input, which ends where the body ends
