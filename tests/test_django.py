@@ -153,20 +153,41 @@ def test_a_misconfigured_app_answers_503_and_the_check_reports_it(
 @pytest.mark.parametrize(
     ("value", "code"),
     [
-        ({}, "aerostic_webhooks.E001"),
-        ({"SECRETS": ["", " "]}, "aerostic_webhooks.E001"),
-        ({"SECRET": "s", "MAX_BODY_BYTES": 0}, "aerostic_webhooks.E002"),
-        ({"SECRET": "s", "RETENTION": -1}, "aerostic_webhooks.E003"),
-        ({"SECRET": "s", "WORKER": "celery"}, "aerostic_webhooks.E004"),
-        ({"SECRET": "s", "CONCURRENCY": 0}, "aerostic_webhooks.E005"),
-        ({"SECRET": "s", "CONCURRENCY": "4"}, "aerostic_webhooks.E005"),
-        ({"SECRET": "s", "LEASE_SECONDS": 0}, "aerostic_webhooks.E006"),
-        ({"SECRET": "s", "LEASE_SECONDS": True}, "aerostic_webhooks.E006"),
+        ({}, "E001"),
+        ({"SECRETS": ["", " "]}, "E001"),
+        ({"SECRET": "s", "MAX_BODY_BYTES": 0}, "E002"),
+        ({"SECRET": "s", "RETENTION": -1}, "E003"),
+        ({"SECRET": "s", "WORKER": "celery"}, "E004"),
+        ({"SECRET": "s", "CONCURRENCY": 0}, "E005"),
+        ({"SECRET": "s", "CONCURRENCY": "4"}, "E005"),
+        ({"SECRET": "s", "LEASE_SECONDS": 0}, "E006"),
+        ({"SECRET": "s", "LEASE_SECONDS": True}, "E006"),
+        ({"SECRET": "s", "MAX_BODY_BYTES": True}, "E002"),
+        ({"SECRET": "s", "RETENTION": True}, "E003"),
+        ({"SECRETS": 123}, "E001"),
+        ("whsec_pasted_as_the_whole_setting", "E007 E001"),
+        ({"SECRET": "s", "DATABASE": "nope"}, "E008"),
     ],
 )
-def test_system_checks(settings: Any, value: dict[str, Any], code: str) -> None:
+def test_system_checks(settings: Any, value: Any, code: str) -> None:
     settings.AEROSTIC_WEBHOOKS = value
-    assert [error.id for error in check_settings()] == [code]
+    errors = check_settings()
+    assert [error.id for error in errors] == [f"aerostic_webhooks.{c}" for c in code.split()]
+    assert "whsec_pasted" not in str(errors)  # a secret is never echoed back
+
+
+@pytest.mark.parametrize(
+    "value", [{"SECRETS": 123}, "whsec_pasted", {"SECRET": "s", "DATABASE": "nope"}]
+)
+def test_a_setting_of_the_wrong_kind_is_a_503_not_a_500(
+    client: Client, settings: Any, value: Any
+) -> None:
+    settings.AEROSTIC_WEBHOOKS = value
+    body = sample_body("message.received")
+    response = post(client, Case("ok", body, signed(body)))
+    assert_answer(
+        response, Case("503", body, status=503, json={"error": "Temporarily unavailable"})
+    )
 
 
 def test_secrets_list_rotates_and_the_setting_is_masked_in_error_reports(

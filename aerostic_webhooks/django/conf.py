@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -30,23 +31,31 @@ class WebhookSettings:
 
 
 def webhook_settings() -> WebhookSettings:
-    raw: dict[str, Any] = dict(getattr(settings, SETTING, None) or {})
     problems: list[tuple[str, str]] = []
+    value = getattr(settings, SETTING, None) or {}
+    if not isinstance(value, Mapping):
+        problems.append(
+            ("E007", f"{SETTING} must be a dict such as {{'SECRET': ...}}, not a {_kind(value)}")
+        )
+        value = {}
+    raw: dict[str, Any] = dict(value)
     secrets = raw.get("SECRETS")
     if secrets is None:
         secrets = [raw.get("SECRET")] if raw.get("SECRET") is not None else []
     elif isinstance(secrets, str):
         secrets = [secrets]
+    elif not isinstance(secrets, (list, tuple)):
+        secrets = []
     # Stripped: a secret read from a file often ends with a newline.
     secrets = [s.strip() for s in secrets if isinstance(s, str) and s.strip()]
     if not secrets:
         problems.append(("E001", f"{SETTING}['SECRET'] (or 'SECRETS') is missing or empty"))
     max_body_bytes = raw.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
-    if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+    if not _positive_int(max_body_bytes):
         problems.append(("E002", f"{SETTING}['MAX_BODY_BYTES'] must be a positive integer"))
         max_body_bytes = DEFAULT_MAX_BODY_BYTES
     retention = raw.get("RETENTION", timedelta(days=7))
-    if isinstance(retention, (int, float)):
+    if isinstance(retention, (int, float)) and not isinstance(retention, bool):
         retention = timedelta(seconds=retention)
     if not isinstance(retention, timedelta) or retention <= timedelta(0):
         problems.append(("E003", f"{SETTING}['RETENTION'] must be a positive timedelta or seconds"))
@@ -58,7 +67,7 @@ def webhook_settings() -> WebhookSettings:
         )
         worker = "thread"
     concurrency = raw.get("CONCURRENCY", 4)
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+    if not _positive_int(concurrency):
         problems.append(("E005", f"{SETTING}['CONCURRENCY'] must be a positive integer"))
         concurrency = 4
     lease_seconds = raw.get("LEASE_SECONDS", 30.0)
@@ -69,6 +78,11 @@ def webhook_settings() -> WebhookSettings:
     ):
         problems.append(("E006", f"{SETTING}['LEASE_SECONDS'] must be a positive number"))
         lease_seconds = 30.0
+    database = raw.get("DATABASE", "default")
+    if database not in settings.DATABASES:
+        problems.append(
+            ("E008", f"{SETTING}['DATABASE'] names no database of DATABASES: {database!r}")
+        )
     return WebhookSettings(
         secrets=tuple(secrets),
         max_body_bytes=max_body_bytes,
@@ -76,6 +90,14 @@ def webhook_settings() -> WebhookSettings:
         worker=worker,
         concurrency=concurrency,
         lease_seconds=float(lease_seconds),
-        database=str(raw.get("DATABASE", "default")),
+        database=str(database),
         problems=tuple(problems),
     )
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
