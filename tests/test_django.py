@@ -305,6 +305,36 @@ def test_admin_lists_filters_shows_and_reprocesses(client: Client, received: Rec
     assert [call["event_id"] for call in received.calls].count("contact.created:contact_xyz") == 2
 
 
+def test_reprocessing_takes_the_change_permission_not_only_view(
+    client: Client, received: Recorder
+) -> None:
+    from django.contrib.auth.models import Permission
+
+    body = sample_body("contact.created")
+    assert post(client, Case("c", body, signed(body))).status_code == 200
+    assert get_receiver().drain(30)
+    row = WebhookEvent.objects.get(event_id="contact.created:contact_xyz")
+    changelist = "/admin/aerostic_webhooks/webhookevent/"
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookevent"))
+    client.force_login(viewer)
+    page = client.get(changelist).content.decode()
+    assert "contact.created:contact_xyz" in page
+    assert "Reprocess selected events" not in page
+    client.post(changelist, {"action": "reprocess", "_selected_action": [row.pk]})
+    assert get_receiver().drain(30)
+    assert len(received.calls) == 1  # not run again
+    viewer.user_permissions.add(Permission.objects.get(codename="change_webhookevent"))
+    client.force_login(User.objects.get(pk=viewer.pk))  # a fresh permission cache
+    assert "Reprocess selected events" in client.get(changelist).content.decode()
+    response = client.post(
+        changelist, {"action": "reprocess", "_selected_action": [row.pk]}, follow=True
+    )
+    assert "1 event(s) queued" in response.content.decode()
+    assert get_receiver().drain(30)
+    assert len(received.calls) == 2
+
+
 def test_a_chunked_body_with_a_content_length_is_read_whole(client: Client) -> None:
     """A server that ends the input where a chunked body ends, and passes a Content-Length
     along as well: the chunking wins, and the whole body is read."""

@@ -187,3 +187,19 @@ def test_purge_deletes_done_and_failed_events_past_retention(db: Path) -> None:
         "message.sent:old-pending": "pending",
         "message.sent:new-done": "done",
     }
+
+
+def test_purge_needs_no_secret_but_refuses_settings_it_uses_wrongly(db: Path) -> None:
+    without_secret = environment(db, AEROSTIC_WEBHOOK_SECRET="")
+    result = manage(without_secret, "aerostic_webhooks_purge")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().startswith("purged 0 webhook event(s)")
+    wrong = manage(
+        without_secret,
+        "shell",
+        "-c",
+        "from django.conf import settings; from django.core.management import call_command;"
+        "settings.AEROSTIC_WEBHOOKS['RETENTION'] = -1; call_command('aerostic_webhooks_purge')",
+    )
+    assert wrong.returncode != 0
+    assert "RETENTION'] must be a positive timedelta" in wrong.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -50,7 +51,12 @@ class WebhookEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             text = bytes(obj.body).decode("utf-8", "replace")
         return format_html("<pre>{}</pre>", text)
 
-    @admin.action(description="Reprocess selected events", permissions=["view"])
+    def has_reprocess_permission(self, request: HttpRequest) -> bool:
+        """Reprocessing runs the receivers again: it takes the model's change permission."""
+        codename = get_permission_codename("change", self.opts)
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    @admin.action(description="Reprocess selected events", permissions=["reprocess"])
     def reprocess(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
         receiver = get_receiver()
         queued = skipped = 0

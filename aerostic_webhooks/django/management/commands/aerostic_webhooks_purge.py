@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from ....stores.base import utcnow
 from ...conf import webhook_settings
@@ -14,8 +14,15 @@ from ...store import DjangoStore
 class Command(BaseCommand):
     help = "Delete done and failed webhook events older than AEROSTIC_WEBHOOKS['RETENTION']."
 
+    # Purging needs no secret: a cron job or a maintenance host may run it without one. The
+    # settings it does use are checked below.
+    requires_system_checks: list[str] = []
+
     def handle(self, *args: Any, **options: Any) -> None:
         configured = webhook_settings()
+        problems = [message for code, message in configured.problems if code != "E001"]
+        if problems:
+            raise CommandError("; ".join(problems))
         store = DjangoStore(using=configured.database)
         purged = store.purge(older_than=utcnow() - configured.retention)
         self.stdout.write(f"purged {purged} webhook event(s) older than {configured.retention}")
