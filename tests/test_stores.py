@@ -273,6 +273,41 @@ def test_records_added_in_any_state_are_claimed_and_counted_by_that_state(store:
     assert [r.event_id for r in store.claim("x", limit=10, lease=30)] == ["orphan"]
 
 
+def test_a_record_added_with_an_error_keeps_it(store: Store) -> None:
+    """What a migration or an import of failed records from elsewhere relies on."""
+    store.add(record("imported", status=Status.FAILED, attempts=6, last_error="CRM said no"))
+    kept = store.get("imported")
+    assert kept is not None
+    assert (kept.status, kept.attempts, kept.last_error) == (Status.FAILED, 6, "CRM said no")
+
+
+def test_redis_store_warns_once_when_its_server_may_evict_records(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    admin = redis.Redis.from_url(redis_url)
+    before = admin.config_get("maxmemory-policy")["maxmemory-policy"]
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        store.add(record("a"))
+        assert "maxmemory-policy" not in caplog.text
+        admin.config_set("maxmemory-policy", "allkeys-lru")
+        fresh = RedisStore(redis_url, prefix=redis_prefix)
+        fresh.add(record("b"))
+        fresh.add_many([record("c")])
+        warnings = [r for r in caplog.records if "maxmemory-policy is allkeys-lru" in r.message]
+        assert len(warnings) == 1 and warnings[0].levelname == "ERROR"
+        fresh.close()
+    finally:
+        admin.config_set("maxmemory-policy", before)
+        store.close()
+        admin.close()
+
+
 def test_next_due(store: Store) -> None:
     assert store.next_due() is None
     later = utcnow() + timedelta(hours=2)

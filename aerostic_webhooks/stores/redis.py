@@ -9,6 +9,7 @@ the receivers' clocks in Unix seconds; hosts are expected to keep them in sync (
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -20,6 +21,8 @@ from ..errors import StoreUnavailable
 from .base import Record, Status, due_at
 
 __all__ = ["RedisStore"]
+
+logger = logging.getLogger("aerostic_webhooks")
 
 _FIELDS = (
     "event_type",
@@ -74,7 +77,7 @@ if redis.call('EXISTS', key) == 1 then return 0 end
 redis.call('HSET', key, 'event_type', ARGV[3], 'body', ARGV[4], 'received_at', ARGV[5],
            'status', ARGV[6], 'attempts', ARGV[7], 'next_attempt_at', ARGV[8],
            'lease_owner', ARGV[9], 'lease_expires_at', ARGV[10], 'updated_at', ARGV[5],
-           'last_error', '')
+           'last_error', ARGV[12])
 if ARGV[11] ~= '' then redis.call('ZADD', p .. 'due', ARGV[11], id) end
 redis.call('ZADD', p .. 's:' .. ARGV[6], ARGV[5], id)
 redis.call('ZADD', p .. 'all', ARGV[5], id)
@@ -232,6 +235,7 @@ class RedisStore:
             )
         self.client = client
         self.prefix = prefix
+        self._eviction_checked = False
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
@@ -267,9 +271,28 @@ class RedisStore:
             record.lease_owner or "",
             _opt(record.lease_expires_at),
             _opt(due),
+            record.last_error or "",
         ]
 
+    def _check_eviction(self) -> None:
+        """Say once, loudly, if this Redis may evict keys: acknowledged deliveries would go."""
+        self._eviction_checked = True
+        try:
+            policy = _text(self.client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+        except redis.RedisError:  # CONFIG renamed or denied (managed services): cannot tell
+            logger.debug("could not read Redis's maxmemory-policy", exc_info=True)
+            return
+        if policy.startswith("allkeys-"):
+            logger.error(
+                "Redis's maxmemory-policy is %s: under memory pressure it evicts webhook "
+                "records, and acknowledged deliveries are lost. Use noeviction (or a "
+                "volatile-* policy: these keys never expire) for the RedisStore's server.",
+                policy,
+            )
+
     def add(self, record: Record) -> bool:
+        if not self._eviction_checked:
+            self._check_eviction()
         try:
             added = self._scripts["add"](keys=[], args=self._add_args(record))
         except redis.RedisError as error:
@@ -279,6 +302,8 @@ class RedisStore:
     def add_many(self, records: Sequence[Record]) -> list[bool]:
         """``add`` for several deliveries in one round trip. Not atomic: on an error some may
         be kept, and the sender's retry of those is then acknowledged as a duplicate."""
+        if not self._eviction_checked:
+            self._check_eviction()
         add = self._scripts["add"]
         pipe = self.client.pipeline(transaction=False)
         for record in records:
