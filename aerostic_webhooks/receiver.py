@@ -85,7 +85,16 @@ def _usable_id(event_id: str) -> bool:
 
 
 def _header(headers: Headers, name: str) -> str | bytes | None:
-    """Find a header whatever the mapping: case-insensitive ones, plain dicts, lists of pairs."""
+    """Find a header whatever the mapping: case-insensitive ones, plain dicts, lists of pairs.
+
+    A header sent twice is read as its values joined by commas, as a WSGI server joins them
+    (an ASGI server hands over each line).
+    """
+    getlist = getattr(headers, "getlist", None)  # Starlette's and Werkzeug's headers
+    if getlist is not None:
+        values = getlist(name)
+        if isinstance(values, list):
+            return _single(values) if values else None
     getter = getattr(headers, "get", None)
     if getter is not None:
         for candidate in (name, name.lower()):

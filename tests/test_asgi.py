@@ -79,6 +79,21 @@ def test_contract_with_content_length(client: TestClient, case: Case) -> None:
     assert_answer(client.post(URL, content=case.body, headers=raw(case.headers)), case)
 
 
+def test_a_signature_header_sent_twice_is_read_as_a_wsgi_server_joins_it(
+    client: TestClient,
+) -> None:
+    """As under gunicorn (Flask, Django): both lines are candidates, so one good one passes."""
+    body = sample_body("message.received")
+    good = signed(body)["X-Aerostic-Signature"]
+    bad = "sha256=" + "0" * 64
+    for lines in ([bad, good], [good, bad]):
+        headers = [("X-Aerostic-Signature", line) for line in lines]
+        response = client.post(URL, content=body, headers=headers)
+        assert (response.status_code, response.json()) == (200, {"received": True})
+    response = client.post(URL, content=body, headers=[("X-Aerostic-Signature", bad)] * 2)
+    assert response.status_code == 401
+
+
 @pytest.mark.parametrize("case", cases(), ids=lambda case: case.name)
 def test_contract_chunked(client: TestClient, case: Case) -> None:
     def chunks() -> Iterator[bytes]:
