@@ -43,6 +43,10 @@ _MAX_EVENT_ID = 512
 _MAX_ERROR_TEXT = 4000
 
 Headers = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[Any, Any]]
+#: Header types with a ``getlist`` that keep the lines of a repeated header apart, as ASGI
+#: servers hand them over; their lines are joined by commas, as a WSGI server joins them.
+#: Adapters add their framework's (the Starlette adapter adds Starlette's ``Headers``).
+SEPARATE_LINES: set[type] = set()
 Handler = Callable[[Any], Awaitable[None] | None]
 ErrorHook = Callable[[Any, BaseException], Awaitable[None] | None]
 H = TypeVar("H", bound=Handler)
@@ -85,16 +89,10 @@ def _usable_id(event_id: str) -> bool:
 
 
 def _header(headers: Headers, name: str) -> str | bytes | None:
-    """Find a header whatever the mapping: case-insensitive ones, plain dicts, lists of pairs.
-
-    A header sent twice is read as its values joined by commas, as a WSGI server joins them
-    (an ASGI server hands over each line).
-    """
-    getlist = getattr(headers, "getlist", None)  # Starlette's and Werkzeug's headers
-    if getlist is not None:
-        values = getlist(name)
-        if isinstance(values, list):
-            return _single(values) if values else None
+    """Find a header whatever the mapping: case-insensitive ones, plain dicts, lists of pairs."""
+    if type(headers) in SEPARATE_LINES:
+        values = headers.getlist(name)  # type: ignore[union-attr]
+        return _single(values) if values else None
     getter = getattr(headers, "get", None)
     if getter is not None:
         for candidate in (name, name.lower()):

@@ -7,15 +7,18 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from .receiver import WebhookReceiver
+from .receiver import SEPARATE_LINES, WebhookReceiver
 from .response import CONTENT_TYPE, declared_length, respond_async
 
 __all__ = ["receive_request", "webhook_lifespan", "webhook_route"]
+
+SEPARATE_LINES.add(Headers)  # a repeated header reads as under WSGI: its lines joined
 
 
 async def receive_request(receiver: WebhookReceiver, request: Request) -> Response:
