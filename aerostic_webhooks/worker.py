@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import TypeVar
 
-from .stores.base import Record, Store, utcnow
+from .stores.base import LEASE_LAPSED, Record, Store, utcnow
 
 __all__ = ["DEFAULT_RETRY_DELAYS", "LoopThread", "Worker", "new_owner_id"]
 
@@ -268,6 +268,8 @@ class Worker:
             threads, self._threads = self._threads, []
             if not threads:
                 return
+            # This start's flag: a start() while we wait for its threads makes new ones.
+            finished = self._finished
             self._stopped.set()
             for _ in range(self._concurrency):
                 self._tokens.put(False)
@@ -277,8 +279,8 @@ class Worker:
             thread.join(max(deadline - time.monotonic(), 0))
         # Leases are renewed until the handlers are done or the timeout ends: stopped any
         # sooner, another worker could take up a record whose handler is still running.
-        self._finished.set()
-        housekeeping.join(max(deadline - time.monotonic(), 0.1))
+        finished.set()
+        housekeeping.join(max(deadline - time.monotonic(), 0.0))
         with self._changed:
             unfinished = len(self._in_flight)
         if unfinished:
@@ -419,14 +421,11 @@ class Worker:
         error: str | None = "not run"
         try:
             try:
-                if record.attempts > self.max_attempts:
-                    # Each claim counts an attempt, so only attempts that ended with no
-                    # outcome get here: a handler that kills its process (out of memory, a
-                    # crash) would otherwise be claimed and run once a lease, forever.
-                    error = (
-                        f"not run again: {record.attempts - 1} attempts, the last with no "
-                        "outcome (did its worker die?)"
-                    )
+                if record.attempts > self.max_attempts and record.last_error == LEASE_LAPSED:
+                    # Its attempts are spent and the last ended with no outcome: a handler
+                    # that kills its process (out of memory, a crash) would otherwise be
+                    # claimed and run once a lease, forever.
+                    error = f"{LEASE_LAPSED}; not run again after {record.attempts - 1} attempts"
                 else:
                     error = self._process(record)
             except BaseException as exc:  # process() reports handler errors; this is our bug

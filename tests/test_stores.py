@@ -11,7 +11,7 @@ import pytest
 
 from aerostic_webhooks import MemoryStore, SQLiteStore
 from aerostic_webhooks.stores import Record, Status, Store
-from aerostic_webhooks.stores.base import utcnow
+from aerostic_webhooks.stores.base import LEASE_LAPSED, utcnow
 
 
 @pytest.fixture(
@@ -306,6 +306,20 @@ def test_redis_store_warns_once_when_its_server_may_evict_records(
         admin.config_set("maxmemory-policy", before)
         store.close()
         admin.close()
+
+
+def test_a_record_taken_back_from_a_lapsed_lease_says_so(store: Store) -> None:
+    store.add(record("retried", last_error="ValueError: CRM is down"))
+    store.add(record("lapsed"))
+    claimed = {r.event_id: r for r in store.claim("w1", limit=5, lease=0.05)}
+    assert claimed["retried"].last_error == "ValueError: CRM is down"  # a pending one keeps it
+    assert claimed["lapsed"].last_error is None
+    store.complete("retried", "w1")
+    time.sleep(0.1)  # w1 "dies": its lease on "lapsed" runs out
+    [again] = store.claim("w2", limit=5, lease=30)
+    assert (again.event_id, again.attempts, again.last_error) == ("lapsed", 2, LEASE_LAPSED)
+    kept = store.get("lapsed")
+    assert kept is not None and kept.last_error == LEASE_LAPSED
 
 
 def test_next_due(store: Store) -> None:

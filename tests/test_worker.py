@@ -19,7 +19,7 @@ from aerostic_webhooks import (
     sign,
 )
 from aerostic_webhooks.stores import Record, SQLiteStore, Status, Store
-from aerostic_webhooks.stores.base import utcnow
+from aerostic_webhooks.stores.base import LEASE_LAPSED, utcnow
 from aerostic_webhooks.testing import sample_body
 from aerostic_webhooks.worker import Worker
 
@@ -207,7 +207,27 @@ def test_a_record_whose_worker_died_in_every_attempt_ends_failed_without_running
     assert seen == []
     record = store.get(event_id)
     assert record is not None and record.status is Status.FAILED
-    assert record.last_error is not None and "the last with no outcome" in record.last_error
+    assert record.last_error == f"{LEASE_LAPSED}; not run again after 3 attempts"
+
+
+def test_a_record_rescheduled_under_a_longer_retry_policy_still_runs() -> None:
+    """Spent attempts alone are no reason to dead-letter without running: a deploy may
+    shorten retry_delays while records wait for a retry of the old policy."""
+    store = MemoryStore()
+    body = sample_body("message.received")
+    event_id = "message.received:msg_abc123"
+    store.add(Record(event_id, "message.received", body, utcnow()))
+    for _ in range(3):  # three failed attempts under the old policy
+        store.claim("old worker", limit=1, lease=30)
+        store.reschedule(event_id, "old worker", at=utcnow(), error="ValueError: CRM is down")
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=store, retry_delays=(0,)) as webhooks:  # 2 attempts
+        webhooks.on("*")(lambda e: seen.append(e.data.id))
+        webhooks.start()
+        assert webhooks.drain(5)
+    assert seen == ["msg_abc123"]
+    record = store.get(event_id)
+    assert record is not None and record.status is Status.DONE
 
 
 def test_a_slow_handler_keeps_its_lease_and_is_not_run_twice() -> None:
@@ -284,6 +304,29 @@ def test_stop_serving_stops_the_worker_even_when_the_store_is_down(
     webhooks.stop_serving(timeout=2)
     assert not webhooks._worker.running
     assert "could not finish the due work at shutdown" in caplog.text
+
+
+def test_a_start_while_close_waits_leaves_no_thread_of_the_first_start_behind() -> None:
+    """A delivery arriving during shutdown starts the worker again (receive() does)."""
+    release = threading.Event()
+    store = MemoryStore()
+    store.add(Record("e1", "message.received", sample_body("message.received"), utcnow()))
+    worker = Worker(store, lambda record: release.wait(5) and None, concurrency=1)
+    before = set(threading.enumerate())
+    worker.start()
+    worker.wake()
+    deadline = time.monotonic() + 5
+    while not store.list(status=Status.PROCESSING) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    closer = threading.Thread(target=worker.close, args=(5.0,))
+    closer.start()
+    time.sleep(0.2)  # close() waits for the running handler
+    worker.start()
+    release.set()
+    closer.join(10)
+    worker.close(5.0)
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert [name for name in left if name.startswith("aerostic-webhooks")] == []
 
 
 def test_close_waits_for_running_handlers_and_is_idempotent() -> None:
@@ -644,7 +687,7 @@ def test_a_lapsed_lease_taken_up_by_another_thread_is_settled_by_that_run_only()
         record = webhooks.store.get(event_id)
         assert record is not None
         assert record.status is Status.DONE  # the first run's failure did not reschedule it
-        assert record.last_error is None
+        assert record.last_error == LEASE_LAPSED  # nor write its error: the take-up's stays
 
 
 def test_store_upkeep_runs_while_every_handler_is_busy() -> None:

@@ -8,10 +8,10 @@ from typing import overload
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections, transaction
-from django.db.models import Count, F, Min, QuerySet
+from django.db.models import Case, Count, F, Min, QuerySet, TextField, Value, When
 
 from ..errors import StoreUnavailable
-from ..stores.base import Record, Status, due_at, utcnow
+from ..stores.base import LEASE_LAPSED, Record, Status, due_at, utcnow
 from .models import WebhookEvent
 
 __all__ = ["DjangoStore"]
@@ -135,6 +135,11 @@ class DjangoStore:
                 lease_expires_at=expires,
                 due_at=expires,
                 updated_at=_to_db(now),
+                last_error=Case(
+                    When(status=Status.PROCESSING.value, then=Value(LEASE_LAPSED)),
+                    default=F("last_error"),
+                    output_field=TextField(),
+                ),
             )
             rows = self._rows().filter(pk__in=ids, lease_owner=owner, lease_expires_at=expires)
             return [_record(row) for row in rows.order_by("due_at", "received_at")]

@@ -7,7 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Record", "Status", "Store", "due_at", "utcnow"]
+__all__ = ["LEASE_LAPSED", "Record", "Status", "Store", "due_at", "utcnow"]
+
+#: The error a claim gives a record taken back from a lease that ran out: its last attempt
+#: ended with no outcome. The worker dead-letters such a record once its attempts are spent.
+LEASE_LAPSED = "lease expired: the attempt ended with no outcome (did its worker die?)"
 
 
 def utcnow() -> datetime:
@@ -86,7 +90,10 @@ class Store(Protocol):
         ...
 
     def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
-        """Take up to ``limit`` due records (pending and due, or with an expired lease)."""
+        """Take up to ``limit`` due records (pending and due, or with an expired lease).
+
+        A claim counts an attempt; a record taken back from an expired lease gets
+        ``last_error`` ``LEASE_LAPSED``. ``take`` claims the same way."""
         ...
 
     def take(self, event_id: str, owner: str, *, lease: float) -> Record | None:

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from .base import Record, Status, due_at, utcnow
+from .base import LEASE_LAPSED, Record, Status, due_at, utcnow
 
 __all__ = ["MemoryStore"]
 
@@ -74,7 +74,7 @@ class MemoryStore:
             record.received_at,
             Status.PROCESSING,
             record.attempts + 1,
-            record.last_error,
+            LEASE_LAPSED if record.status is Status.PROCESSING else record.last_error,
             None,
             owner,
             expires,

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from ..errors import StoreUnavailable
-from .base import Record, Status, due_at
+from .base import LEASE_LAPSED, Record, Status, due_at
 
 __all__ = ["RedisStore"]
 
@@ -38,8 +38,12 @@ _FIELDS = (
 )
 
 # Shared Lua helpers: move a record between status sets; claim one record for an owner.
-_LIB = """
+_LIB = (
+    """
 local p = ARGV[1]
+local LAPSED = '"""
+    + LEASE_LAPSED
+    + """'
 local function move(id, from, to)
   if from ~= to then
     local received = redis.call('HGET', p .. 'r:' .. id, 'received_at')
@@ -55,6 +59,7 @@ local function claim(id, now, owner, expires)
     return false
   end
   redis.call('HINCRBY', key, 'attempts', 1)
+  if status == 'processing' then redis.call('HSET', key, 'last_error', LAPSED) end
   redis.call('HSET', key, 'status', 'processing', 'next_attempt_at', '',
              'lease_owner', owner, 'lease_expires_at', expires, 'updated_at', now)
   redis.call('ZADD', p .. 'due', expires, id)
@@ -67,6 +72,7 @@ local function held(id, owner)
   return values[1] == 'processing' and values[2] == owner
 end
 """
+)
 
 _ADD = (
     _LIB

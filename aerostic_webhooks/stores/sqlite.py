@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import StoreUnavailable
-from .base import Record, Status, due_at
+from .base import LEASE_LAPSED, Record, Status, due_at
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -358,8 +358,9 @@ class SQLiteStore:
         conn.execute(
             f"UPDATE {_TABLE} SET status = 'processing', attempts = attempts + 1, "
             "next_attempt_at = NULL, lease_owner = ?, lease_expires_at = ?, due_at = ?, "
-            f"updated_at = ? WHERE event_id IN ({marks})",
-            (owner, expires, expires, now, *event_ids),
+            "updated_at = ?, last_error = CASE status WHEN 'processing' THEN ? "
+            f"ELSE last_error END WHERE event_id IN ({marks})",
+            (owner, expires, expires, now, LEASE_LAPSED, *event_ids),
         )
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM {_TABLE} WHERE event_id IN ({marks}) ORDER BY received_at",
