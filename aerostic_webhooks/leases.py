@@ -22,8 +22,9 @@ class LeaseKeeper:
     """Renews, every third of a lease, one owner's leases on the records it is running.
 
     Without it a handler that runs longer than the lease lets another process's worker, or
-    the sender's next retry, take the record up and run it a second time. Its thread lives
-    only while some record is held.
+    the sender's next retry, take the record up and run it a second time. One thread, started
+    at the first hold, sleeps while nothing is held; a hold costs the request a lock and a
+    counter, not a thread start or a wake-up.
     """
 
     def __init__(
@@ -45,6 +46,8 @@ class LeaseKeeper:
         self._changed = threading.Condition(threading.Lock())
         self._held: collections.Counter[str] = collections.Counter()
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._idle = False  # the thread sleeps untimed: the next hold must wake it
 
     @contextmanager
     def holding(self, event_id: str) -> Iterator[None]:
@@ -54,11 +57,16 @@ class LeaseKeeper:
                 if self._pid != os.getpid():
                     self._reset()
         with self._changed:
+            if self._idle:
+                self._idle = False
+                self._changed.notify()
             self._held[event_id] += 1
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
+                self._stop = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, name="aerostic-webhooks-leases", daemon=True
+                    target=self._run, args=(self._stop,), name="aerostic-webhooks-leases"
                 )
+                self._thread.daemon = True
                 self._thread.start()
         try:
             yield
@@ -67,18 +75,30 @@ class LeaseKeeper:
                 self._held[event_id] -= 1
                 if self._held[event_id] <= 0:
                     del self._held[event_id]
-                if not self._held:
-                    self._changed.notify()  # the thread ends now, not a third of a lease on
 
-    def _run(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread (a later hold starts another)."""
+        with self._changed:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+            self._changed.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self, stop: threading.Event) -> None:
         while True:
             with self._changed:
-                if self._held:
+                while not self._held and not stop.is_set():
+                    self._idle = True
+                    self._changed.wait()
+                self._idle = False
+                if not stop.is_set():
                     self._changed.wait(self._lease / 3)
-                if not self._held:
-                    self._thread = None
+                if stop.is_set():
                     return
                 held = list(self._held)
+            if not held:
+                continue
             try:
                 with self._context():
                     self._store.renew(self._owner, held, lease=self._lease)

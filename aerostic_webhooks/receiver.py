@@ -514,6 +514,7 @@ class WebhookReceiver:
 
         self._intake.close(remaining())
         self._worker.close(remaining())
+        self._inline_leases.close(remaining())
         self._loop.close(remaining())
         self.store.close()
 

@@ -508,10 +508,25 @@ def test_inline_handler_longer_than_its_lease_keeps_its_record(
         assert runs == ["message.received"]
         record = store.get("message.received:msg_abc123")
         assert record is not None and record.status is Status.DONE
-    deadline = time.monotonic() + 2
-    while leases_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert leases_threads() == []  # nothing held, no thread left
+    assert leases_threads() == []  # closed with the receiver
+
+
+def test_quick_inline_deliveries_start_one_lease_thread_and_renew_nothing() -> None:
+    renewals: list[int] = []
+
+    class Counting(MemoryStore):
+        def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+            renewals.append(len(event_ids))
+            super().renew(owner, event_ids, lease=lease)
+
+    started: list[threading.Thread] = []
+    with WebhookReceiver(SECRET, store=Counting(), process="inline") as webhooks:
+        webhooks.on("*")(lambda e: started.extend(leases_threads()))
+        for n in range(200):
+            deliver(webhooks, id=f"msg-{n}")
+        assert len(leases_threads()) == 1
+    assert len(set(started)) == 1  # one thread for all 200, not one per hold
+    assert renewals == []  # none lasted a third of the 30 s lease
 
 
 def test_inline_handler_completes_when_its_lease_cannot_be_renewed(
