@@ -74,7 +74,7 @@ def read_limited(read: Callable[[int], bytes], limit: int) -> bytes:
             total += len(chunk)
             if total > limit:
                 raise _over(limit)
-    except WebhookError:
+    except (WebhookError, MemoryError):
         raise
     except Exception as error:
         raise _unreadable(error) from None
@@ -89,7 +89,7 @@ async def read_limited_async(chunks: AsyncIterator[bytes], limit: int) -> bytes:
             body += chunk
             if len(body) > limit:
                 raise _over(limit)
-    except WebhookError:
+    except (WebhookError, MemoryError):
         raise
     except Exception as error:  # e.g. Starlette's ClientDisconnect
         raise _unreadable(error) from None

@@ -45,10 +45,17 @@ def webhook_settings() -> WebhookSettings:
     elif isinstance(secrets, str):
         secrets = [secrets]
     elif not isinstance(secrets, (list, tuple)):
-        secrets = []
+        problems.append(
+            (
+                "E001",
+                f"{SETTING}['SECRETS'] must be a string or a list of strings, not a "
+                f"{_kind(secrets)}",
+            )
+        )
+        secrets = None
     # Stripped: a secret read from a file often ends with a newline.
-    secrets = [s.strip() for s in secrets if isinstance(s, str) and s.strip()]
-    if not secrets:
+    secrets = [s.strip() for s in secrets or () if isinstance(s, str) and s.strip()]
+    if not secrets and not problems:
         problems.append(("E001", f"{SETTING}['SECRET'] (or 'SECRETS') is missing or empty"))
     max_body_bytes = raw.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
     if not _positive_int(max_body_bytes):
@@ -79,7 +86,7 @@ def webhook_settings() -> WebhookSettings:
         problems.append(("E006", f"{SETTING}['LEASE_SECONDS'] must be a positive number"))
         lease_seconds = 30.0
     database = raw.get("DATABASE", "default")
-    if database not in settings.DATABASES:
+    if not isinstance(database, str) or database not in settings.DATABASES:
         problems.append(
             ("E008", f"{SETTING}['DATABASE'] names no database of DATABASES: {database!r}")
         )

@@ -282,12 +282,15 @@ class RedisStore:
 
     def _check_eviction(self) -> None:
         """Say once, loudly, if this Redis may evict keys: acknowledged deliveries would go."""
-        self._eviction_checked = True
         try:
             policy = _text(self.client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
-        except redis.RedisError:  # CONFIG renamed or denied (managed services): cannot tell
+        except redis.ResponseError:  # CONFIG renamed or denied (managed services): cannot tell
             logger.debug("could not read Redis's maxmemory-policy", exc_info=True)
+            self._eviction_checked = True
             return
+        except redis.RedisError:  # unreachable: the delivery fails too, and the next one asks
+            return
+        self._eviction_checked = True
         if policy.startswith("allkeys-"):
             logger.error(
                 "Redis's maxmemory-policy is %s: under memory pressure it evicts webhook "
