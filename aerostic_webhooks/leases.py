@@ -59,7 +59,7 @@ class LeaseKeeper:
         with self._changed:
             if self._idle:
                 self._idle = False
-                self._changed.notify()
+                self._changed.notify_all()
             self._held[event_id] += 1
             if self._thread is None or not self._thread.is_alive():
                 self._stop = threading.Event()
@@ -78,6 +78,9 @@ class LeaseKeeper:
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the thread (a later hold starts another)."""
+        if self._pid != os.getpid():
+            self._reset()  # the parent's thread is not ours, and its lock may be held
+            return
         with self._changed:
             thread, self._thread = self._thread, None
             self._stop.set()
@@ -89,9 +92,8 @@ class LeaseKeeper:
         while True:
             with self._changed:
                 while not self._held and not stop.is_set():
-                    self._idle = True
+                    self._idle = True  # holding() clears it as it wakes us
                     self._changed.wait()
-                self._idle = False
                 if not stop.is_set():
                     self._changed.wait(self._lease / 3)
                 if stop.is_set():

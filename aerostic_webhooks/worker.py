@@ -280,7 +280,9 @@ class Worker:
         # Leases are renewed until the handlers are done or the timeout ends: stopped any
         # sooner, another worker could take up a record whose handler is still running.
         finished.set()
-        housekeeping.join(max(deadline - time.monotonic(), 0.0))
+        # A little past the timeout if need be: the store is closed next, and housekeeping
+        # may be finishing a renewal or a checkpoint.
+        housekeeping.join(max(deadline - time.monotonic(), 0.05))
         with self._changed:
             unfinished = len(self._in_flight)
         if unfinished:

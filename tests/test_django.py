@@ -171,6 +171,8 @@ def test_a_misconfigured_app_answers_503_and_the_check_reports_it(
         ({"SECRET": "s", "DATABASE": "nope"}, "E008"),
         ({"SECRET": "s", "DATABASE": ["default"]}, "E008"),
         ({"SECRETS": {"a": "whsec_pasted"}}, "E001"),
+        ({"SECRET": 123}, "E001"),
+        ({"SECRETS": ["whsec_ok", 123]}, "E001"),
     ],
 )
 def test_system_checks(settings: Any, value: Any, code: str) -> None:

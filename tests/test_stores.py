@@ -322,6 +322,28 @@ def test_a_record_taken_back_from_a_lapsed_lease_says_so(store: Store) -> None:
     assert kept is not None and kept.last_error == LEASE_LAPSED
 
 
+def test_a_hung_redis_refuses_a_delivery_within_one_timeout() -> None:
+    """A server that accepts connections and never answers: 503 after one timeout, not
+    after the add's and the eviction check's one after the other."""
+    pytest.importorskip("redis", reason="the redis package is not installed")
+    import socket
+
+    from aerostic_webhooks import StoreUnavailable
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                store.add(record("a"))
+            assert time.monotonic() - started < 0.55
+        store.close()
+
+
 def test_next_due(store: Store) -> None:
     assert store.next_due() is None
     later = utcnow() + timedelta(hours=2)

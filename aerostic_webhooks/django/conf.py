@@ -44,14 +44,9 @@ def webhook_settings() -> WebhookSettings:
         secrets = [raw.get("SECRET")] if raw.get("SECRET") is not None else []
     elif isinstance(secrets, str):
         secrets = [secrets]
-    elif not isinstance(secrets, (list, tuple)):
-        problems.append(
-            (
-                "E001",
-                f"{SETTING}['SECRETS'] must be a string or a list of strings, not a "
-                f"{_kind(secrets)}",
-            )
-        )
+    if not isinstance(secrets, (list, tuple)) or not all(isinstance(s, str) for s in secrets):
+        key = "SECRETS" if "SECRETS" in raw else "SECRET"
+        problems.append(("E001", f"{SETTING}['{key}'] must be a string or a list of strings"))
         secrets = None
     # Stripped: a secret read from a file often ends with a newline.
     secrets = [s.strip() for s in secrets or () if isinstance(s, str) and s.strip()]

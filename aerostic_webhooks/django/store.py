@@ -128,6 +128,12 @@ class DjangoStore:
             if not ids:
                 return []
             self._rows().filter(pk__in=ids, due_at__lte=_to_db(now)).update(
+                # First: MySQL assigns left to right, so this must read the old status.
+                last_error=Case(
+                    When(status=Status.PROCESSING.value, then=Value(LEASE_LAPSED)),
+                    default=F("last_error"),
+                    output_field=TextField(),
+                ),
                 status=Status.PROCESSING.value,
                 attempts=F("attempts") + 1,
                 next_attempt_at=None,
@@ -135,11 +141,6 @@ class DjangoStore:
                 lease_expires_at=expires,
                 due_at=expires,
                 updated_at=_to_db(now),
-                last_error=Case(
-                    When(status=Status.PROCESSING.value, then=Value(LEASE_LAPSED)),
-                    default=F("last_error"),
-                    output_field=TextField(),
-                ),
             )
             rows = self._rows().filter(pk__in=ids, lease_owner=owner, lease_expires_at=expires)
             return [_record(row) for row in rows.order_by("due_at", "received_at")]

@@ -41,9 +41,9 @@ _FIELDS = (
 _LIB = (
     """
 local p = ARGV[1]
-local LAPSED = '"""
+local LAPSED = [["""
     + LEASE_LAPSED
-    + """'
+    + """]]
 local function move(id, from, to)
   if from ~= to then
     local received = redis.call('HGET', p .. 'r:' .. id, 'received_at')
@@ -288,7 +288,7 @@ class RedisStore:
             logger.debug("could not read Redis's maxmemory-policy", exc_info=True)
             self._eviction_checked = True
             return
-        except redis.RedisError:  # unreachable: the delivery fails too, and the next one asks
+        except redis.RedisError:  # gone since the write: the next delivery asks again
             return
         self._eviction_checked = True
         if policy.startswith("allkeys-"):
@@ -300,27 +300,28 @@ class RedisStore:
             )
 
     def add(self, record: Record) -> bool:
-        if not self._eviction_checked:
-            self._check_eviction()
         try:
             added = self._scripts["add"](keys=[], args=self._add_args(record))
         except redis.RedisError as error:
             raise StoreUnavailable(f"Redis could not record the delivery: {error}") from error
+        if not self._eviction_checked:  # after a write: a Redis that is down costs no more
+            self._check_eviction()
         return bool(added)
 
     def add_many(self, records: Sequence[Record]) -> list[bool]:
         """``add`` for several deliveries in one round trip. Not atomic: on an error some may
         be kept, and the sender's retry of those is then acknowledged as a duplicate."""
-        if not self._eviction_checked:
-            self._check_eviction()
         add = self._scripts["add"]
         pipe = self.client.pipeline(transaction=False)
         for record in records:
             add(keys=[], args=self._add_args(record), client=pipe)
         try:
-            return [bool(added) for added in pipe.execute()]
+            added = [bool(added) for added in pipe.execute()]
         except redis.RedisError as error:
             raise StoreUnavailable(f"Redis could not record the deliveries: {error}") from error
+        if not self._eviction_checked:
+            self._check_eviction()
+        return added
 
     def _fetch(self, event_ids: Sequence[Any]) -> list[Record]:
         if not event_ids:

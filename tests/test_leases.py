@@ -1,0 +1,73 @@
+"""LeaseKeeper: the inline mode's lease renewal, through closes, slow stores and forks."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from aerostic_webhooks.leases import LeaseKeeper
+
+from .test_durability import _in_child
+
+
+class Renewals:
+    """A store's renew(), the only method a keeper calls; the first call may be slow."""
+
+    def __init__(self, first_takes: float = 0.0) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self._first_takes = first_takes
+
+    def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+        self.calls.append(tuple(event_ids))
+        slow, self._first_takes = self._first_takes, 0.0
+        time.sleep(slow)
+
+
+def test_a_hold_is_renewed_every_third_of_a_lease_and_nothing_else_is() -> None:
+    store = Renewals()
+    keeper = LeaseKeeper(store, "owner", lease_seconds=0.3)  # type: ignore[arg-type]
+    try:
+        with keeper.holding("slow"):
+            time.sleep(0.55)
+        assert 3 <= len(store.calls) <= 6
+        assert set(store.calls) == {("slow",)}
+        store.calls.clear()
+        time.sleep(0.3)
+        assert store.calls == []  # nothing held: asleep
+    finally:
+        keeper.close(1)
+
+
+def test_a_hold_after_a_close_that_timed_out_is_still_renewed() -> None:
+    """close() may give up on a thread mid-renewal (a slow store); a hold afterwards gets a
+    thread of its own, which the old one, exiting late, must not put to sleep for good."""
+    store = Renewals(first_takes=0.5)
+    keeper = LeaseKeeper(store, "owner", lease_seconds=0.3)  # type: ignore[arg-type]
+    try:
+        with keeper.holding("a"):
+            time.sleep(0.15)  # the first renewal starts at 0.1 s and takes 0.5 s
+        keeper.close(timeout=0.05)
+        with keeper.holding("b"):  # a new thread, idle once this ends
+            pass
+        time.sleep(0.6)  # the old thread finishes its renewal and exits
+        store.calls.clear()
+        with keeper.holding("c"):
+            time.sleep(1.0)
+        assert store.calls.count(("c",)) >= 5
+    finally:
+        keeper.close(1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_close_in_a_forked_child_does_not_wait_for_the_parents_lock() -> None:
+    keeper = LeaseKeeper(Renewals(), "owner", lease_seconds=3.0)  # type: ignore[arg-type]
+    with keeper.holding("a"):
+        pass
+    with keeper._changed:  # a request thread of the parent, mid-hold at the fork
+        code = _in_child(lambda: keeper.close(timeout=1), timeout=5)
+    assert code == 0
+    keeper.close(1)
