@@ -42,20 +42,18 @@ class LeaseKeeper:
 
     def _reset(self) -> None:
         """Fresh state: at first, and in a forked child, where the parent's thread is gone."""
-        self._pid = os.getpid()
         self._changed = threading.Condition(threading.Lock())
         self._held: collections.Counter[str] = collections.Counter()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._idle = False  # the thread sleeps untimed: the next hold must wake it
+        self._pid = os.getpid()  # last: other threads of a forked child test it unlocked
 
     @contextmanager
     def holding(self, event_id: str) -> Iterator[None]:
         """Keep ``event_id``'s lease alive until the block ends."""
         if self._pid != os.getpid():
-            with _FORK_LOCK:
-                if self._pid != os.getpid():
-                    self._reset()
+            self._forked()
         with self._changed:
             if self._idle:
                 self._idle = False
@@ -68,18 +66,20 @@ class LeaseKeeper:
                 )
                 self._thread.daemon = True
                 self._thread.start()
+        pid = self._pid
         try:
             yield
         finally:
-            with self._changed:
-                self._held[event_id] -= 1
-                if self._held[event_id] <= 0:
-                    del self._held[event_id]
+            if os.getpid() == pid:  # else forked inside the hold: the parent's count, not ours
+                with self._changed:
+                    self._held[event_id] -= 1
+                    if self._held[event_id] <= 0:
+                        del self._held[event_id]
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the thread (a later hold starts another)."""
         if self._pid != os.getpid():
-            self._reset()  # the parent's thread is not ours, and its lock may be held
+            self._forked()  # the parent's thread is not ours, and its lock may be held
             return
         with self._changed:
             thread, self._thread = self._thread, None
@@ -87,6 +87,11 @@ class LeaseKeeper:
             self._changed.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def _forked(self) -> None:
+        with _FORK_LOCK:
+            if self._pid != os.getpid():
+                self._reset()
 
     def _run(self, stop: threading.Event) -> None:
         while True:

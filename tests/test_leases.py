@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 
@@ -70,4 +71,47 @@ def test_close_in_a_forked_child_does_not_wait_for_the_parents_lock() -> None:
     with keeper._changed:  # a request thread of the parent, mid-hold at the fork
         code = _in_child(lambda: keeper.close(timeout=1), timeout=5)
     assert code == 0
+    keeper.close(1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_two_first_holds_in_a_forked_child_share_one_fresh_keeper(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two request threads of a new gunicorn worker hold at once: neither may use the
+    parent's state while the other is replacing it."""
+    from aerostic_webhooks import leases
+
+    store = Renewals()
+    keeper = LeaseKeeper(store, "owner", lease_seconds=0.3)  # type: ignore[arg-type]
+    with keeper.holding("before the fork"):
+        pass
+
+    def child() -> None:
+        real = threading.Condition
+
+        def slow_condition(*args: object) -> threading.Condition:
+            time.sleep(0.05)  # widens the window in which the state is being replaced
+            return real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(leases.threading, "Condition", slow_condition)
+        store.calls.clear()
+
+        def hold(event_id: str) -> None:
+            with keeper.holding(event_id):
+                time.sleep(0.7)
+
+        threads = [threading.Thread(target=hold, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        renewed = [event_id for call in store.calls for event_id in call]
+        keepers = [t for t in threading.enumerate() if t.name == "aerostic-webhooks-leases"]
+        assert 3 <= renewed.count("a") <= 8 and 3 <= renewed.count("b") <= 8, renewed
+        assert len(keepers) == 1
+        keeper.close(1)
+
+    assert _in_child(child, timeout=10) == 0
     keeper.close(1)
