@@ -260,7 +260,11 @@ def test_a_raising_receiver_gets_the_event_retried_and_webhook_failed_sent(
     def broken(sender: type, **kwargs: Any) -> None:
         raise RuntimeError("CRM down")
 
+    def also_broken(sender: type, **kwargs: Any) -> None:
+        raise ValueError("no such contact")
+
     webhook_received.connect(broken, weak=False)
+    message_received.connect(also_broken, weak=False)
     webhook_failed.connect(failures, weak=False)
     try:
         body = sample_body("message.received")
@@ -268,15 +272,20 @@ def test_a_raising_receiver_gets_the_event_retried_and_webhook_failed_sent(
         assert get_receiver().drain(30)
     finally:
         webhook_received.disconnect(broken)
+        message_received.disconnect(also_broken)
         webhook_failed.disconnect(failures)
     record = WebhookEvent.objects.get(event_id="message.received:msg_abc123")
     assert record.status == "pending"  # scheduled again by the default backoff
     assert record.attempts == 1
     assert record.last_error == "RuntimeError: CRM down"
-    [failure] = failures.calls
-    assert failure["sender"] is MessageReceived
-    assert failure["event_id"] == "message.received:msg_abc123"
-    assert str(failure["error"]) == "CRM down"
+    # One webhook_failed for each receiver that raised, each with its own error.
+    assert sorted(str(failure["error"]) for failure in failures.calls) == [
+        "CRM down",
+        "no such contact",
+    ]
+    for failure in failures.calls:
+        assert failure["sender"] is MessageReceived
+        assert failure["event_id"] == "message.received:msg_abc123"
 
 
 def test_admin_lists_filters_shows_and_reprocesses(client: Client, received: Recorder) -> None:

@@ -32,7 +32,11 @@ def request_cycle() -> Iterator[None]:
 
 
 def _send_signals(event: Event) -> None:
-    """Send ``webhook_received`` and the event's own signal; raise if a receiver raised."""
+    """Send ``webhook_received`` and the event's own signal; raise if a receiver raised.
+
+    The first error raised reaches ``webhook_failed`` through the receiver's error hook; any
+    other receiver's error is sent here, so each failing receiver is reported once.
+    """
     kwargs: dict[str, Any] = {"sender": type(event), "event": event, "event_id": current_event_id()}
     errors: list[BaseException] = []
     for signal in (webhook_received, SIGNALS_BY_TYPE.get(event.event)):
@@ -41,6 +45,8 @@ def _send_signals(event: Event) -> None:
         for _, response in signal.send_robust(**kwargs):
             if isinstance(response, BaseException):
                 errors.append(response)
+    for error in errors[1:]:
+        _send_failed(event, error)
     if errors:
         raise errors[0]
 
