@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +37,15 @@ def test_the_signer_takes_dicts_bytes_and_event_types(
     aerostic_signer: Callable[[Any], tuple[bytes, dict[str, str]]],
     aerostic_receiver: WebhookReceiver,
 ) -> None:
-    for payload in (sample_payload("contact.created", id="c1"), b'{"x": 1}', "message.read"):
+    contact = sample_payload("contact.created", id="c1")
+    expected: list[tuple[Any, Callable[[bytes], bool]]] = [
+        (contact, lambda body: json.loads(body) == contact),
+        (b'{"x": 1}', lambda body: body == b'{"x": 1}'),  # bytes are signed as given
+        ("message.read", lambda body: json.loads(body) == SAMPLE_PAYLOADS["message.read"]),
+    ]
+    for payload, is_body in expected:
         body, headers = aerostic_signer(payload)
+        assert is_body(body), (payload, body)
         verify_signature(body, headers["X-Aerostic-Signature"], "whsec_pytest_aerostic_webhooks")
 
 
