@@ -23,7 +23,7 @@ from aerostic_webhooks import (
     sign,
 )
 from aerostic_webhooks.stores import Record
-from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body, signed_request
+from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body, sample_payload, signed_request
 
 from .conftest import SECRET
 
@@ -83,6 +83,19 @@ def test_body_at_exactly_the_limit_is_accepted() -> None:
     body = sample_body("message.sent")
     with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=len(body)) as webhooks:
         assert webhooks.receive(body, headers_for(body)).duplicate is False
+
+
+def test_the_default_limit_is_one_mebibyte() -> None:
+    payload = sample_payload("message.received")
+    payload["data"]["text"] = ""
+    padding = 1_048_576 - len(json.dumps(payload).encode())
+    payload["data"]["text"] = "x" * padding
+    body = json.dumps(payload).encode()
+    assert len(body) == 1_048_576
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="external") as webhooks:
+        assert webhooks.receive(body, headers_for(body)).duplicate is False
+        with pytest.raises(PayloadTooLarge):
+            webhooks.receive(body + b" ", headers_for(body + b" "))
 
 
 def test_forged_body_is_never_parsed(

@@ -344,6 +344,44 @@ def test_a_hung_redis_refuses_a_delivery_within_one_timeout() -> None:
         store.close()
 
 
+def test_a_redis_store_made_from_a_url_gives_up_after_two_seconds() -> None:
+    """The README's default timeout: a hung server costs a delivery 2 s, then a 503."""
+    pytest.importorskip("redis", reason="the redis package is not installed")
+    import socket
+
+    from aerostic_webhooks import StoreUnavailable
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        store = RedisStore(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.add(record("a"))
+        assert 1.9 <= time.monotonic() - started < 3.5
+        store.close()
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, 1), ("FULL", 2), ("off", 0)])
+def test_sqlite_synchronous_applies_to_both_connections(
+    tmp_path: Path, setting: str | None, expected: int
+) -> None:
+    """``NORMAL`` (1) unless the user asks for another level, on the intake's connection too."""
+    store = (
+        SQLiteStore(tmp_path / "inbox.sqlite3")
+        if setting is None
+        else SQLiteStore(tmp_path / "inbox.sqlite3", synchronous=setting)
+    )
+    try:
+        # A per-connection setting: read on each of the store's two connections.
+        for connection in (store._intake, store._work):
+            with connection.use() as conn:
+                assert conn.execute("PRAGMA synchronous").fetchone()[0] == expected
+    finally:
+        store.close()
+
+
 def test_next_due(store: Store) -> None:
     assert store.next_due() is None
     later = utcnow() + timedelta(hours=2)

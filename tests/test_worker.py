@@ -111,9 +111,50 @@ def test_default_backoff_is_spread_over_hours() -> None:
         assert record is not None and record.next_attempt_at is not None
         delay = (record.next_attempt_at - utcnow()).total_seconds()
         assert 20 < delay <= 30
-    from aerostic_webhooks.worker import DEFAULT_RETRY_DELAYS
+    from aerostic_webhooks.worker import DEFAULT_RETRY_DELAYS, Worker
 
-    assert sum(DEFAULT_RETRY_DELAYS) > 2 * 3600  # longer than the sender's own retry window
+    # The README's schedule: 30 s, 5 min, 30 min, 2 h, 6 h, longer than the sender's retries.
+    assert DEFAULT_RETRY_DELAYS == (30, 300, 1800, 7200, 21600)
+    assert Worker(MemoryStore(), lambda record: None).max_attempts == 6
+
+
+def test_a_claim_holds_its_record_for_30_seconds_by_default() -> None:
+    """The README's lease: a record whose worker died is taken up again within a minute."""
+    started, release = threading.Event(), threading.Event()
+    with WebhookReceiver(SECRET, store=MemoryStore()) as webhooks:
+
+        @webhooks.on("*")
+        def slow(event: Event) -> None:
+            started.set()
+            release.wait(5)
+
+        event_id = deliver(webhooks)
+        try:
+            assert started.wait(5)
+            record = webhooks.store.get(event_id)
+        finally:
+            release.set()
+    assert record is not None and record.status is Status.PROCESSING
+    assert record.lease_expires_at is not None and record.updated_at is not None
+    lease = (record.lease_expires_at - record.updated_at).total_seconds()
+    assert 30 <= lease < 31  # set at the claim, perhaps renewed a moment later
+
+
+def test_finished_records_are_kept_seven_days_by_default() -> None:
+    store = MemoryStore()
+    now = utcnow()
+    for event_id, age in (
+        ("recent", timedelta(days=6, hours=23)),
+        ("old", timedelta(days=7, hours=1)),
+    ):
+        store.add(Record(event_id, "message.sent", b"{}", now - age, status=Status.DONE))
+    with WebhookReceiver(SECRET, store=store) as webhooks:
+        webhooks.start()  # the worker purges once as it starts
+        deadline = time.monotonic() + 5
+        while store.get("old") is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert store.get("old") is None
+    assert store.get("recent") is not None
 
 
 def test_retry_queues_a_failed_record_again() -> None:
