@@ -71,7 +71,10 @@ def current_event_id() -> str:
 
 
 def default_event_id(event: Event, body: bytes) -> str:
-    """``"{event}:{data.id}"`` when the data has an id, else ``"sha256:{digest of the body}"``."""
+    """``"{event}:{data.id}"`` when the data has a usable id, else ``"sha256:{digest of the body}"``.
+
+    Usable: a non-empty string or an integer, giving an id every store can key by (see
+    ``_usable_id``)."""
     data = event.data
     data_id = data.get("id") if isinstance(data, dict) else getattr(data, "id", None)
     if isinstance(data_id, bool) or not isinstance(data_id, (str, int)):

@@ -217,6 +217,22 @@ def test_dump_does_not_invent_absent_optional_fields() -> None:
     assert parse_event(body_of(payload)).model_dump(by_alias=True, mode="json") == payload
 
 
+@pytest.mark.parametrize(
+    ("sent", "dumped"),
+    [
+        ("2026-01-30T15:45:10.5Z", "2026-01-30T15:45:10.500000Z"),
+        ("2026-01-30T15:45:10", "2026-01-30T15:45:10Z"),  # no offset: taken as UTC
+        ("2026-01-30T21:15:10+05:30", "2026-01-30T21:15:10+05:30"),
+    ],
+)
+def test_dumped_timestamps_keep_their_instant_in_one_iso_form(sent: str, dumped: str) -> None:
+    """What the README says of a dump: the same values, timestamps in one ISO 8601 form."""
+    payload = json.loads(DOCS_SAMPLES["message.delivered"])
+    payload["data"]["deliveredAt"] = sent
+    event = parse_event(body_of(payload))
+    assert event.model_dump(by_alias=True, mode="json")["data"]["deliveredAt"] == dumped
+
+
 def test_dump_uses_wire_names_and_python_names_stay_snake_case() -> None:
     event = parse_event(DOCS_SAMPLES["message.received"].encode())
     assert "from" in event.model_dump(by_alias=True, mode="json")["data"]
