@@ -71,10 +71,8 @@ def current_event_id() -> str:
 
 
 def default_event_id(event: Event, body: bytes) -> str:
-    """``"{event}:{data.id}"`` when the data has a usable id, else ``"sha256:{digest of the body}"``.
-
-    Usable: a non-empty string or an integer, giving an id every store can key by (see
-    ``_usable_id``)."""
+    """``"{event}:{data.id}"``, else ``"sha256:{digest of the body}"``: when the data has no
+    id, an empty one, one not a string or an integer, or one no store can key by."""
     data = event.data
     data_id = data.get("id") if isinstance(data, dict) else getattr(data, "id", None)
     if isinstance(data_id, bool) or not isinstance(data_id, (str, int)):
