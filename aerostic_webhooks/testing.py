@@ -8,6 +8,16 @@ import copy
 import json
 from typing import Any
 
+from pydantic import BaseModel
+
+from .events import (
+    ContactCreatedData,
+    MessageDeliveredData,
+    MessageFailedData,
+    MessageReadData,
+    MessageReceivedData,
+    MessageSentData,
+)
 from .signature import SIGNATURE_HEADER, sign
 
 __all__ = [
@@ -86,14 +96,31 @@ SAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
 }
 
 
+_DATA_MODELS: dict[str, type[BaseModel]] = {
+    "message.received": MessageReceivedData,
+    "message.sent": MessageSentData,
+    "message.delivered": MessageDeliveredData,
+    "message.read": MessageReadData,
+    "message.failed": MessageFailedData,
+    "contact.created": ContactCreatedData,
+}
+
+
 def sample_payload(event_type: str, **data_overrides: Any) -> dict[str, Any]:
-    """A deep copy of the documented sample for ``event_type``, with ``data`` fields overridden."""
+    """A deep copy of the documented sample for ``event_type``, with ``data`` fields overridden.
+
+    Fields are named as in Python (``from_``, ``delivered_at``) or as on the wire; any other
+    name adds a field, as the sender may.
+    """
     try:
         payload = copy.deepcopy(SAMPLE_PAYLOADS[event_type])
     except KeyError:
         known = ", ".join(SAMPLE_PAYLOADS)
         raise ValueError(f"no sample for {event_type!r}; samples exist for {known}") from None
-    payload["data"].update(data_overrides)
+    fields = _DATA_MODELS[event_type].model_fields
+    for name, value in data_overrides.items():
+        field = fields.get(name)
+        payload["data"][field.alias if field is not None and field.alias else name] = value
     return payload
 
 

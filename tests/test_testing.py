@@ -49,6 +49,16 @@ def test_the_signer_takes_dicts_bytes_and_event_types(
         verify_signature(body, headers["X-Aerostic-Signature"], "whsec_pytest_aerostic_webhooks")
 
 
+def test_sample_payload_takes_python_or_wire_names_for_data_fields() -> None:
+    phone = "+15550001111"
+    assert sample_payload("message.received", from_=phone)["data"]["from"] == phone
+    assert "from_" not in sample_payload("message.received", from_=phone)["data"]
+    assert sample_payload("message.received", **{"from": phone})["data"]["from"] == phone
+    read = sample_payload("message.read", read_at="2026-02-01T00:00:00Z")["data"]
+    assert read["readAt"] == "2026-02-01T00:00:00Z" and "read_at" not in read
+    assert sample_payload("contact.created", source="ads")["data"]["source"] == "ads"
+
+
 def test_sample_payload_overrides_data_and_rejects_unknown_types() -> None:
     assert sample_payload("message.failed", id="x")["data"]["id"] == "x"
     assert SAMPLE_PAYLOADS["message.failed"]["data"]["id"] == "msg_ghi789"  # a copy was changed
