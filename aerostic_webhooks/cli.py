@@ -11,6 +11,7 @@ import http.client
 import importlib
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -29,10 +30,10 @@ from urllib.parse import urlsplit
 from . import __version__
 from .errors import WebhookError
 from .events import Event
-from .receiver import WebhookReceiver, current_event_id
+from .receiver import SECRET_ENV, WebhookReceiver, current_event_id
 from .signature import SIGNATURE_HEADER, sign
 from .stores.base import Status, utcnow
-from .stores.sqlite import SQLiteStore
+from .stores.sqlite import SQLiteStore, is_inbox
 from .testing import SAMPLE_PAYLOADS, sample_body
 
 __all__ = ["main"]
@@ -53,8 +54,23 @@ class UsageError(CommandError):
 # -- sign -------------------------------------------------------------------------------------
 
 
+def _secrets(args: argparse.Namespace) -> list[str]:
+    """``--secret`` (repeatable), else ``$AEROSTIC_WEBHOOK_SECRET`` split on commas as the
+    receiver splits it; none, or an empty one, is a usage error."""
+    if args.secret is not None:
+        secrets: list[str] = args.secret
+    else:
+        secrets = [part.strip() for part in os.environ.get(SECRET_ENV, "").split(",")]
+        secrets = [secret for secret in secrets if secret]
+    if not secrets or not all(secrets):
+        raise UsageError(f"a webhook secret is required: --secret or ${SECRET_ENV}")
+    return secrets
+
+
 def _read_input(name: str | None) -> bytes:
     if name in (None, "-"):
+        if sys.stdin is None:
+            raise CommandError("no input: standard input is closed")
         return sys.stdin.buffer.read()
     try:
         return Path(name).read_bytes()
@@ -63,7 +79,8 @@ def _read_input(name: str | None) -> bytes:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    print(sign(_read_input(args.file), args.secret))
+    secret = _secrets(args)[0]
+    print(sign(_read_input(args.file), secret))
     return 0
 
 
@@ -104,14 +121,13 @@ def _bodies(what: str, count: int) -> list[bytes]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    if args.count < 1 or args.duplicates < 0:
-        raise UsageError("--count must be at least 1 and --duplicates at least 0")
+    secret = _secrets(args)[0]
     bodies = _bodies(args.what, args.count)
     bodies += [bodies[n % len(bodies)] for n in range(args.duplicates)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     for number, body in enumerate(bodies, start=1):
-        headers = {SIGNATURE_HEADER: sign(body, args.secret), "Content-Type": "application/json"}
+        headers = {SIGNATURE_HEADER: sign(body, secret), "Content-Type": "application/json"}
         started = time.perf_counter()
         status, answer = _post(args.url, body, headers, args.timeout)
         latency = (time.perf_counter() - started) * 1000
@@ -156,8 +172,33 @@ def _printer(event: Event) -> None:
     print(f"handled {event.event} {current_event_id()}", flush=True)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound here so a failure is one line of ours."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise CommandError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        raise CommandError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}{PATH}" if ":" in host else f"http://{host}:{port}{PATH}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    receiver = WebhookReceiver(args.secret, store=_open_store(args.db, create=True))
+    secrets = _secrets(args)
+    sock = _listen(args.host, args.port)
+    receiver = WebhookReceiver(secrets, store=_open_store(args.db, create=True))
     receiver.on("*")(_printer)
     server = _server(receiver, args.host, args.port)
 
@@ -169,40 +210,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.capture_signals = contextlib.nullcontext
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    print(f"receiving on http://{args.host}:{args.port}{PATH} (inbox {args.db})", flush=True)
-    try:
-        server.run()
-    except SystemExit:  # uvicorn exits when it cannot start, e.g. the port is taken
-        raise CommandError(f"cannot serve on {args.host}:{args.port}") from None
+    print(f"receiving on {_url(args.host, args.port)} (inbox {args.db})", flush=True)
+    with sock:
+        try:
+            server.run(sockets=[sock])
+        except SystemExit:  # uvicorn exits when it cannot start
+            raise CommandError(f"cannot serve on {args.host}:{args.port}") from None
     if not server.started:
         raise CommandError(f"cannot serve on {args.host}:{args.port}")
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    # SIGTERM unwinds like Ctrl-C: the server stops and the scratch inbox is removed.
+    signal.signal(signal.SIGTERM, _interrupt)
     secret = "whsec_demo_" + uuid.uuid4().hex
-    workdir = tempfile.TemporaryDirectory(prefix="aerostic-demo-")
-    inbox = Path(workdir.name) / "inbox.sqlite3"
     handled: list[str] = []
     lock = threading.Lock()
-    receiver = WebhookReceiver(secret, store=SQLiteStore(inbox))
+    with tempfile.TemporaryDirectory(prefix="aerostic-demo-") as workdir:
+        receiver = WebhookReceiver(secret, store=SQLiteStore(Path(workdir) / "inbox.sqlite3"))
 
-    @receiver.on("*")
-    def record(event: Event) -> None:
-        with lock:
-            handled.append(event.event)
+        @receiver.on("*")
+        def record(event: Event) -> None:
+            with lock:
+                handled.append(event.event)
 
-    port = _free_port()
-    server = _server(receiver, "127.0.0.1", port)
-    thread = threading.Thread(target=server.run, name="aerostic-webhooks-demo", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    if not server.started:
-        raise CommandError("the demo server did not start")
-    url = f"http://127.0.0.1:{port}{PATH}"
-    rows: list[tuple[str, int, int, str]] = []
+        port = _free_port()
+        server = _server(receiver, "127.0.0.1", port)
+        thread = threading.Thread(target=server.run, name="aerostic-webhooks-demo", daemon=True)
+        try:
+            thread.start()
+            deadline = time.monotonic() + 20
+            while not server.started and time.monotonic() < deadline and thread.is_alive():
+                time.sleep(0.02)
+            if not server.started:
+                raise CommandError("the demo server did not start")
+            rows = _demo_deliveries(receiver, secret, f"http://127.0.0.1:{port}{PATH}")
+            drained = receiver.drain(timeout=20)
+        finally:
+            server.should_exit = True
+            thread.join(20)
+            receiver.close()
+    print(f"{'delivery':<32} {'expected':>8} {'answered':>8}  body")
+    for name, expected, status, text in rows:
+        mark = "" if status == expected else "   <- unexpected"
+        print(f"{name:<32} {expected:>8} {status:>8}  {text}{mark}")
+    once = sorted(handled) == sorted(SAMPLE_PAYLOADS)
+    print(f"\nhandled: {', '.join(sorted(handled))}")
+    print(f"each of the six sample events handled exactly once: {'yes' if once else 'NO'}")
+    ok = drained and once and all(status == expected for _, expected, status, _ in rows)
+    print("demo passed" if ok else "demo FAILED")
+    return 0 if ok else 1
+
+
+def _demo_deliveries(
+    receiver: WebhookReceiver, secret: str, url: str
+) -> list[tuple[str, int, int, str]]:
+    """The six samples, a duplicate and three refusals: (name, expected, status, body) each."""
     first = sample_body("message.received")
     deliveries = [
         (event_type, sample_body(event_type), secret, 200) for event_type in SAMPLE_PAYLOADS
@@ -213,29 +281,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("oversized (1 MiB + 1)", b"x" * (receiver.max_body_bytes + 1), secret, 413),
         ("not JSON", b"{oops", secret, 400),
     ]
-    ok = True
-    try:
-        for name, body, key, expected in deliveries:
-            headers = {SIGNATURE_HEADER: sign(body, key), "Content-Type": "application/json"}
-            status, response = _post(url, body, headers, 10)
-            rows.append((name, expected, status, response.decode("utf-8", "replace")))
-            ok &= status == expected
-        ok &= receiver.drain(timeout=20)
-    finally:
-        server.should_exit = True
-        thread.join(20)
-    print(f"{'delivery':<32} {'expected':>8} {'answered':>8}  body")
-    for name, expected, status, text in rows:
-        mark = "" if status == expected else "   <- unexpected"
-        print(f"{name:<32} {expected:>8} {status:>8}  {text}{mark}")
-    once = sorted(handled) == sorted(SAMPLE_PAYLOADS)
-    ok &= once
-    print(f"\nhandled: {', '.join(sorted(handled))}")
-    print(f"each of the six sample events handled exactly once: {'yes' if once else 'NO'}")
-    receiver.close()
-    workdir.cleanup()
-    print("demo passed" if ok else "demo FAILED")
-    return 0 if ok else 1
+    rows = []
+    for name, body, key, expected in deliveries:
+        headers = {SIGNATURE_HEADER: sign(body, key), "Content-Type": "application/json"}
+        status, response = _post(url, body, headers, 10)
+        rows.append((name, expected, status, response.decode("utf-8", "replace")))
+    return rows
 
 
 def _free_port() -> int:
@@ -288,8 +339,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _open_store(path: str, *, create: bool = False) -> SQLiteStore:
-    if not create and not Path(path).is_file():
-        raise CommandError(f"no inbox at {path}")
+    if not create:
+        if not Path(path).is_file():
+            raise CommandError(f"no inbox at {path}")
+        if not is_inbox(path):  # opened as a store, it would be changed into one
+            raise CommandError(f"{path} is not an aerostic-webhooks inbox")
     return SQLiteStore(path)
 
 
@@ -303,7 +357,39 @@ def _duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if match is None:
         raise argparse.ArgumentTypeError(f"not a duration like 7d, 12h, 30m or 0s: {text!r}")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        duration = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        utcnow() - duration  # the cut-off must be a date the clock can express
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"too long a duration: {text!r}") from None
+    return duration
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``minimum`` up to a billion."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+        if number is None or not minimum <= number <= 10**9:
+            raise argparse.ArgumentTypeError(
+                f"not a whole number from {minimum} to 1000000000: {text!r}"
+            )
+        return number
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"not a number of seconds from 0 to 86400: {text!r}")
+    return seconds
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
@@ -372,6 +458,12 @@ _INBOX: dict[str, Callable[[SQLiteStore, argparse.Namespace], int]] = {
 # -- the parser -------------------------------------------------------------------------------
 
 
+_SECRET_HELP = (
+    f"the webhook secret (default: ${SECRET_ENV}; the first one if it holds several); "
+    "prefer the variable: a command line is visible to other users"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
@@ -387,20 +479,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sign_parser = commands.add_parser("sign", help="print the signature header for a body")
     sign_parser.add_argument("file", nargs="?", help="the body; '-' or nothing for stdin")
-    sign_parser.add_argument("--secret", required=True, help="the webhook secret")
+    sign_parser.add_argument("--secret", action="append", help=_SECRET_HELP)
     sign_parser.set_defaults(func=cmd_sign)
 
     send = commands.add_parser("send", help="post signed sample events or a file's body")
     send.add_argument("what", metavar="TYPE|FILE", help="an event type, or a file to send")
     send.add_argument("--url", required=True, help="the receiving endpoint")
-    send.add_argument("--secret", required=True, help="the webhook secret")
-    send.add_argument("--count", type=int, default=1, help="how many to send (default 1)")
-    send.add_argument("--duplicates", type=int, default=0, help="how many to send twice")
-    send.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    send.add_argument("--secret", action="append", help=_SECRET_HELP)
+    send.add_argument("--count", type=_count(1), default=1, help="how many to send (default 1)")
+    send.add_argument(
+        "--duplicates",
+        type=_count(0),
+        default=0,
+        help="how many more to send, repeating the bodies already sent in turn (default 0)",
+    )
+    send.add_argument("--timeout", type=_seconds, default=10.0, help="seconds per request")
     send.set_defaults(func=cmd_send)
 
     serve = commands.add_parser("serve", help="run a standalone receiver (uvicorn)")
-    serve.add_argument("--secret", required=True, help="the webhook secret")
+    serve.add_argument(
+        "--secret",
+        action="append",
+        help=f"a webhook secret, repeated while rotating (default: ${SECRET_ENV}, comma-separated)",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument(
@@ -419,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="records, newest first")
     listing.add_argument("--status", choices=[status.value for status in Status])
     listing.add_argument("--type", help="an event type")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_count(1), default=50, help="at most (default 50)")
     show = actions.add_parser("show", help="one record and its payload")
     show.add_argument("event_id")
     retry = actions.add_parser("retry", help="queue a record, or every failed one, again")
@@ -452,8 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 1
-    except BrokenPipeError:  # e.g. `inbox list | head`: the reader left, nothing is wrong
+    except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        if args.command == "send":  # its output is a report: the deliveries stopped early
+            print("error: output closed; stopped before every delivery was sent", file=sys.stderr)
+            return 1
+        return 0  # e.g. `inbox list | head`: the reader has what it wanted
     return result

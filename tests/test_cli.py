@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import importlib.util
 import itertools
 import json
@@ -33,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from aerostic_webhooks import SQLiteStore, WebhookReceiver, sign
+from aerostic_webhooks import MemoryStore, SQLiteStore, WebhookReceiver, sign
 from aerostic_webhooks.stores.base import Record, Status, utcnow
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body, sample_payload, signed_request
 
@@ -301,6 +302,47 @@ def test_sign_missing_file_is_one_error_line(tmp_path: Path) -> None:
     assert "nope.json" in line
 
 
+def test_sign_takes_the_secret_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a receiver reads ``$AEROSTIC_WEBHOOK_SECRET``: while rotating, the first signs, and
+    a receiver built from the same variable accepts the signature."""
+    for value in ("whsec_new", " whsec_new , whsec_old"):
+        env = environment(AEROSTIC_WEBHOOK_SECRET=value)
+        result = cli("sign", cwd=tmp_path, stdin=RAW, env=env)
+        assert result.returncode == 0, result
+        assert result.stdout.strip() == sign(RAW, "whsec_new"), result
+        monkeypatch.setenv("AEROSTIC_WEBHOOK_SECRET", value)
+        with WebhookReceiver(store=MemoryStore(), process="external") as receiver:
+            receiver.receive(RAW, {"X-Aerostic-Signature": result.stdout.strip()})
+
+
+@pytest.mark.parametrize(
+    ("args", "variable"),
+    [([], None), ([], " , "), (["--secret", ""], "whsec_set")],
+    ids=["none", "empty-variable", "empty-option"],
+)
+def test_sign_without_a_secret_is_a_usage_error(
+    tmp_path: Path, args: list[str], variable: str | None
+) -> None:
+    env = environment(AEROSTIC_WEBHOOK_SECRET=variable)
+    result = cli("sign", *args, cwd=tmp_path, stdin=RAW, env=env)
+    line = assert_error(result, 2)
+    assert "secret" in line, result
+    assert "sha256=" not in result.stdout, result
+
+
+def test_sign_with_standard_input_closed_is_one_error_line(tmp_path: Path) -> None:
+    shell = " ".join(command("sign", "--secret", SECRET)) + " <&-"
+    completed = subprocess.run(
+        ["/bin/sh", "-c", shell], cwd=tmp_path, env=environment(), capture_output=True,
+        timeout=30, check=False,
+    )  # fmt: skip
+    result = Result(("sign",), completed.returncode, completed.stdout.decode(),
+                    completed.stderr.decode(), 0.0)  # fmt: skip
+    assert "closed" in assert_error(result, 1), result
+
+
 # -- send -----------------------------------------------------------------------------------
 
 # The receiving end for `send`: webhook_route around a receiver that notes each delivery.
@@ -516,6 +558,44 @@ def test_send_unknown_type_is_a_usage_error(tmp_path: Path) -> None:
     assert "message.bogus" in result.stderr, result
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--count", "0"],
+        ["--count", "99999999999999999999"],
+        ["--duplicates", "-1"],
+        ["--timeout", "0"],
+        ["--timeout", "-1"],
+        ["--timeout", "inf"],
+        ["--timeout", "nan"],
+    ],
+    ids=" ".join,
+)
+def test_send_numbers_out_of_range_are_usage_errors(tmp_path: Path, option: list[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}{WEBHOOK_PATH}"
+    result = cli("send", "message.sent", "--url", url, "--secret", SECRET, *option, cwd=tmp_path)
+    assert_error(result, 2)
+    assert option[0] in result.stderr, result
+
+
+def test_send_stops_and_fails_when_its_output_is_closed(
+    receiving: Receiving, tmp_path: Path
+) -> None:
+    """``send ... | head -1``: most deliveries were never sent, which is no success."""
+    args = command("send", "message.sent", "--url", receiving.url, "--secret", SECRET)
+    with subprocess.Popen(
+        [*args, "--count", "2000"], cwd=tmp_path, env=environment(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as process:  # fmt: skip
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        process.stdout.close()  # what head does after its line
+        _, errors = process.communicate(timeout=60)
+    assert b"200" in first
+    result = Result(tuple(args), process.returncode, "", errors.decode(errors="replace"), 0.0)
+    assert "stopped" in assert_error(result, 1), result
+
+
 # -- serve ----------------------------------------------------------------------------------
 
 
@@ -635,9 +715,39 @@ def test_serve_on_a_port_in_use_exits_1(tmp_path: Path) -> None:
             "serve", "--secret", SECRET, "--port", str(port), "--db", str(tmp_path / "x.sqlite3"),
             cwd=tmp_path, timeout=20,
         )  # fmt: skip
-    assert result.returncode == 1, result
-    assert "Traceback" not in result.stderr, result
-    assert any(line.startswith("error: ") for line in result.stderr.splitlines()), result
+    line = assert_error(result, 1)
+    assert f"cannot serve on 127.0.0.1:{port}" in line, result
+    assert "receiving" not in result.stdout, result
+    assert not (tmp_path / "x.sqlite3").exists(), "the inbox was made for a server that failed"
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@needs_server
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_serve_on_ipv6_prints_a_url_with_brackets(tmp_path: Path) -> None:
+    port = free_port()
+    args = command("serve", "--secret", SECRET, "--host", "::1", "--port", str(port))
+    with background(
+        [*args, "--db", str(tmp_path / "x.sqlite3")], cwd=tmp_path, logs=tmp_path
+    ) as serve:
+        url = f"http://[::1]:{port}{WEBHOOK_PATH}"
+        serve.wait_for(lambda: url in serve.stdout(), "printing its URL")
+        body = sample_body("message.sent")
+        connection = http.client.HTTPConnection("::1", port, timeout=5)
+        connection.request("POST", WEBHOOK_PATH, body=body, headers=headers_for(body))
+        status = connection.getresponse().status
+        connection.close()
+        assert status == 200
+        serve.stop()
+    assert serve.process.returncode == 0, serve
 
 
 # -- worker ---------------------------------------------------------------------------------
@@ -986,6 +1096,45 @@ def test_inbox_commands_on_a_missing_db_fail_and_create_nothing(tmp_path: Path) 
     assert list(db.parent.iterdir()) == [], "an inbox command created the file"
 
 
+def test_inbox_commands_refuse_a_sqlite_file_that_is_not_an_inbox(tmp_path: Path) -> None:
+    """Opened as a store, another application's database would gain tables and WAL mode."""
+    import sqlite3
+
+    db = tmp_path / "other.sqlite3"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE customers (name TEXT)")
+        conn.commit()
+    before = db.read_bytes()
+    runs = [
+        ["inbox", "list", "--db", str(db)],
+        ["inbox", "show", DONE_IDS[0], "--db", str(db)],
+        ["inbox", "retry", "--failed", "--db", str(db)],
+        ["inbox", "purge", "--older-than", "7d", "--db", str(db)],
+    ]
+    for result in cli_many(runs, cwd=tmp_path):
+        assert "not an aerostic-webhooks inbox" in assert_error(result, 1), result
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("other")) == [db.name]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["purge", "--older-than", "3000000d"],
+        ["purge", "--older-than", "99999999999d"],
+        ["list", "--limit", "99999999999999999999"],
+        ["list", "--limit", "0"],
+    ],
+    ids=" ".join,
+)
+def test_inbox_numbers_out_of_range_are_usage_errors(
+    inbox: Path, tmp_path: Path, args: list[str]
+) -> None:
+    result = cli("inbox", *args, "--db", str(inbox), cwd=tmp_path)
+    assert_error(result, 2)
+    assert set(snapshot(inbox)) == set(ALL_IDS)
+
+
 # -- demo -----------------------------------------------------------------------------------
 
 
@@ -1001,3 +1150,16 @@ def test_demo_exits_0_and_mentions_every_event_type(tmp_path: Path) -> None:
     assert not missing, f"{missing} not in the output\n{result}"
     assert list(cwd.iterdir()) == [], "the demo left files in the current directory"
     assert not env_db.exists(), "the demo wrote into $AEROSTIC_WEBHOOKS_DB, not a temporary inbox"
+
+
+@needs_server
+def test_demo_stopped_by_sigterm_removes_its_scratch_inbox(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = environment(TMPDIR=str(scratch))
+    with background(command("demo"), cwd=tmp_path, logs=tmp_path, env=env) as demo:
+        demo.wait_for(lambda: any(scratch.iterdir()), "making its scratch inbox")
+        demo.stop(signal.SIGTERM)
+    assert demo.process.returncode == 1, demo
+    assert "Traceback" not in demo.stderr(), demo
+    assert list(scratch.iterdir()) == [], "the demo left its scratch inbox behind"

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -15,7 +15,7 @@ from typing import TypeVar
 from ..errors import StoreUnavailable
 from .base import LEASE_LAPSED, Record, Status, due_at
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["SCHEMA_VERSION", "SQLiteStore", "is_inbox"]
 
 _TABLE = "aerostic_webhook_records"
 # Each entry upgrades the schema by one version; a file is migrated on open.
@@ -571,3 +571,17 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
+
+
+def is_inbox(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a SQLite file holding an inbox; read only, so it changes nothing
+    (opening it as a ``SQLiteStore`` would add the tables and switch it to WAL)."""
+    try:
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True)) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_TABLE,)
+            ).fetchone()
+    except (sqlite3.Error, OSError, ValueError):
+        return False
+    return found is not None
