@@ -55,10 +55,10 @@ class UsageError(CommandError):
 
 
 def _secrets(args: argparse.Namespace) -> list[str]:
-    """``--secret`` (repeatable), else ``$AEROSTIC_WEBHOOK_SECRET`` split on commas as the
-    receiver splits it; none, or an empty one, is a usage error."""
+    """``--secret`` (``serve`` takes several), else ``$AEROSTIC_WEBHOOK_SECRET`` split on commas
+    as the receiver splits it; none, or an empty one, is a usage error."""
     if args.secret is not None:
-        secrets: list[str] = args.secret
+        secrets: list[str] = [args.secret] if isinstance(args.secret, str) else args.secret
     else:
         secrets = [part.strip() for part in os.environ.get(SECRET_ENV, "").split(",")]
         secrets = [secret for secret in secrets if secret]
@@ -126,6 +126,25 @@ def cmd_send(args: argparse.Namespace) -> int:
     bodies += [bodies[n % len(bodies)] for n in range(args.duplicates)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
+    try:
+        _send_all(args, secret, bodies, latencies, statuses)
+    except BrokenPipeError:  # e.g. `send ... | head -1`
+        _silence_stdout()
+        if len(latencies) < len(bodies):
+            raise CommandError(
+                f"output closed: stopped after {len(latencies)} of {len(bodies)} deliveries"
+            ) from None
+    return 0 if all(200 <= status < 300 for status in statuses) else 1
+
+
+def _send_all(
+    args: argparse.Namespace,
+    secret: str,
+    bodies: list[bytes],
+    latencies: list[float],
+    statuses: dict[int, int],
+) -> None:
+    """Post each body in turn, a line for each answer, then a summary of several."""
     for number, body in enumerate(bodies, start=1):
         headers = {SIGNATURE_HEADER: sign(body, secret), "Content-Type": "application/json"}
         started = time.perf_counter()
@@ -145,7 +164,12 @@ def cmd_send(args: argparse.Namespace) -> int:
         ordered = sorted(latencies)
         p50 = ordered[len(ordered) // 2]
         print(f"summary: {len(bodies)} sent, {counts}, {failed} failed, p50 {p50:.1f} ms")
-    return 0 if all(200 <= status < 300 for status in statuses) else 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so the exit's flush is quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 # -- serve and demo ---------------------------------------------------------------------------
@@ -172,32 +196,41 @@ def _printer(event: Event) -> None:
     print(f"handled {event.event} {current_event_id()}", flush=True)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The server's listening socket, bound here so a failure is one line of ours."""
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` (all interfaces for ""), bound as
+    uvicorn's own asyncio server binds them, but here: a failure is one line of ours."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except OSError as error:
         raise CommandError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    sockets: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(2048)
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # an IPv4 socket of its own takes IPv4
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)
     except OSError as error:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise CommandError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
-    return sock
+    return sockets
 
 
 def _url(host: str, port: int) -> str:
+    if not host:
+        return f"http://0.0.0.0:{port}{PATH} (every interface)"
     return f"http://[{host}]:{port}{PATH}" if ":" in host else f"http://{host}:{port}{PATH}"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     secrets = _secrets(args)
-    sock = _listen(args.host, args.port)
+    sockets = _listen(args.host, args.port)
     receiver = WebhookReceiver(secrets, store=_open_store(args.db, create=True))
     receiver.on("*")(_printer)
     server = _server(receiver, args.host, args.port)
@@ -211,11 +244,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     print(f"receiving on {_url(args.host, args.port)} (inbox {args.db})", flush=True)
-    with sock:
-        try:
-            server.run(sockets=[sock])
-        except SystemExit:  # uvicorn exits when it cannot start
-            raise CommandError(f"cannot serve on {args.host}:{args.port}") from None
+    try:
+        server.run(sockets=sockets)
+    except SystemExit:  # uvicorn exits when it cannot start
+        raise CommandError(f"cannot serve on {args.host}:{args.port}") from None
+    finally:
+        for sock in sockets:
+            sock.close()
     if not server.started:
         raise CommandError(f"cannot serve on {args.host}:{args.port}")
     return 0
@@ -479,13 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sign_parser = commands.add_parser("sign", help="print the signature header for a body")
     sign_parser.add_argument("file", nargs="?", help="the body; '-' or nothing for stdin")
-    sign_parser.add_argument("--secret", action="append", help=_SECRET_HELP)
+    sign_parser.add_argument("--secret", help=_SECRET_HELP)
     sign_parser.set_defaults(func=cmd_sign)
 
     send = commands.add_parser("send", help="post signed sample events or a file's body")
     send.add_argument("what", metavar="TYPE|FILE", help="an event type, or a file to send")
     send.add_argument("--url", required=True, help="the receiving endpoint")
-    send.add_argument("--secret", action="append", help=_SECRET_HELP)
+    send.add_argument("--secret", help=_SECRET_HELP)
     send.add_argument("--count", type=_count(1), default=1, help="how many to send (default 1)")
     send.add_argument(
         "--duplicates",
@@ -553,11 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 1
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        if args.command == "send":  # its output is a report: the deliveries stopped early
-            print("error: output closed; stopped before every delivery was sent", file=sys.stderr)
-            return 1
-        return 0  # e.g. `inbox list | head`: the reader has what it wanted
+    except BrokenPipeError:  # e.g. `inbox list | head`: the reader has what it wanted
+        _silence_stdout()
+        return 0
     return result

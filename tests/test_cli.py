@@ -332,6 +332,12 @@ def test_sign_without_a_secret_is_a_usage_error(
     assert "sha256=" not in result.stdout, result
 
 
+def test_sign_takes_the_last_secret_given(tmp_path: Path) -> None:
+    result = cli("sign", "--secret", "whsec_old", "--secret", "whsec_new", cwd=tmp_path, stdin=RAW)
+    assert result.returncode == 0, result
+    assert result.stdout.strip() == sign(RAW, "whsec_new"), result
+
+
 def test_sign_with_standard_input_closed_is_one_error_line(tmp_path: Path) -> None:
     shell = " ".join(command("sign", "--secret", SECRET)) + " <&-"
     completed = subprocess.run(
@@ -578,22 +584,28 @@ def test_send_numbers_out_of_range_are_usage_errors(tmp_path: Path, option: list
     assert option[0] in result.stderr, result
 
 
-def test_send_stops_and_fails_when_its_output_is_closed(
-    receiving: Receiving, tmp_path: Path
+@pytest.mark.parametrize(("count", "code"), [(50, 1), (1, 0)], ids=["stopped-early", "all-sent"])
+def test_send_whose_output_is_closed_says_how_many_went(
+    receiving: Receiving, tmp_path: Path, count: int, code: int
 ) -> None:
-    """``send ... | head -1``: most deliveries were never sent, which is no success."""
-    args = command("send", "message.sent", "--url", receiving.url, "--secret", SECRET)
-    with subprocess.Popen(
-        [*args, "--count", "2000"], cwd=tmp_path, env=environment(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    ) as process:  # fmt: skip
-        assert process.stdout is not None
-        first = process.stdout.readline()
-        process.stdout.close()  # what head does after its line
-        _, errors = process.communicate(timeout=60)
-    assert b"200" in first
-    result = Result(tuple(args), process.returncode, "", errors.decode(errors="replace"), 0.0)
-    assert "stopped" in assert_error(result, 1), result
+    """``send ... | head``: deliveries never sent are a failure; a closed output alone is not."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already gone: the first line breaks the pipe
+    args = ("send", "message.sent", "--url", receiving.url, "--secret", SECRET)
+    try:
+        with receiving.new_entries() as entries:
+            completed = subprocess.run(
+                command(*args, "--count", str(count)), cwd=tmp_path, env=environment(),
+                stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False,
+            )  # fmt: skip
+    finally:
+        os.close(write_end)
+    result = Result(args, completed.returncode, "", completed.stderr.decode(), 0.0)
+    assert len(entries) == 1, entries  # the first went before its line was written
+    if code:
+        assert f"stopped after 1 of {count}" in assert_error(result, 1), result
+    else:
+        assert result.returncode == 0 and not result.stderr, result
 
 
 # -- serve ----------------------------------------------------------------------------------
@@ -746,6 +758,27 @@ def test_serve_on_ipv6_prints_a_url_with_brackets(tmp_path: Path) -> None:
         status = connection.getresponse().status
         connection.close()
         assert status == 200
+        serve.stop()
+    assert serve.process.returncode == 0, serve
+
+
+@needs_server
+def test_serve_on_every_interface_listens_on_each_address(tmp_path: Path) -> None:
+    """``--host ""`` binds every interface, as uvicorn does: IPv4 and, where there is
+    one, IPv6 loopback both answer."""
+    port = free_port()
+    args = command("serve", "--secret", SECRET, "--host", "", "--port", str(port))
+    addresses = ["127.0.0.1", *(["::1"] if ipv6_loopback() else [])]
+    with background(
+        [*args, "--db", str(tmp_path / "x.sqlite3")], cwd=tmp_path, logs=tmp_path
+    ) as serve:
+        serve.wait_listening(port)
+        for address in addresses:
+            body = sample_body("message.sent", id=f"msg_{address}")
+            connection = http.client.HTTPConnection(address, port, timeout=5)
+            connection.request("POST", WEBHOOK_PATH, body=body, headers=headers_for(body))
+            assert connection.getresponse().status == 200, address
+            connection.close()
         serve.stop()
     assert serve.process.returncode == 0, serve
 
@@ -1096,12 +1129,16 @@ def test_inbox_commands_on_a_missing_db_fail_and_create_nothing(tmp_path: Path) 
     assert list(db.parent.iterdir()) == [], "an inbox command created the file"
 
 
-def test_inbox_commands_refuse_a_sqlite_file_that_is_not_an_inbox(tmp_path: Path) -> None:
+@pytest.mark.parametrize("journal", ["DELETE", "WAL"])
+def test_inbox_commands_refuse_a_sqlite_file_that_is_not_an_inbox(
+    tmp_path: Path, journal: str
+) -> None:
     """Opened as a store, another application's database would gain tables and WAL mode."""
     import sqlite3
 
     db = tmp_path / "other.sqlite3"
     with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute(f"PRAGMA journal_mode={journal}")
         conn.execute("CREATE TABLE customers (name TEXT)")
         conn.commit()
     before = db.read_bytes()

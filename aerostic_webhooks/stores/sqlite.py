@@ -574,14 +574,24 @@ class SQLiteStore:
 
 
 def is_inbox(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a SQLite file holding an inbox; read only, so it changes nothing
-    (opening it as a ``SQLiteStore`` would add the tables and switch it to WAL)."""
+    """Whether the SQLite file at ``path`` holds an inbox, read without changing anything
+    (opened as a ``SQLiteStore``, any database would be given the tables and WAL mode).
+
+    ``False`` for a database without the inbox's table or a file that is not a database;
+    ``StoreUnavailable`` if the file cannot be read.
+    """
+    file = Path(path).resolve()
+    # With no WAL file there is nothing unwritten to read, and immutable mode reads the
+    # file alone: a read-only open of a WAL database would otherwise leave -wal and -shm
+    # files beside it that it cannot remove.
+    mode = "ro" if Path(f"{file}-wal").exists() else "ro&immutable=1"
     try:
-        uri = Path(path).resolve().as_uri() + "?mode=ro"
-        with closing(sqlite3.connect(uri, uri=True)) as conn:
+        with closing(sqlite3.connect(f"{file.as_uri()}?mode={mode}", uri=True)) as conn:
             found = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_TABLE,)
             ).fetchone()
-    except (sqlite3.Error, OSError, ValueError):
+    except sqlite3.OperationalError as error:  # cannot open or read it
+        raise StoreUnavailable(f"cannot read the SQLite file at {str(path)!r}: {error}") from None
+    except sqlite3.DatabaseError:  # not a database
         return False
     return found is not None
