@@ -145,25 +145,30 @@ def _send_all(
     statuses: dict[int, int],
 ) -> None:
     """Post each body in turn, a line for each answer, then a summary of several."""
-    for number, body in enumerate(bodies, start=1):
-        headers = {SIGNATURE_HEADER: sign(body, secret), "Content-Type": "application/json"}
-        started = time.perf_counter()
-        status, answer = _post(args.url, body, headers, args.timeout)
-        latency = (time.perf_counter() - started) * 1000
-        latencies.append(latency)
-        statuses[status] = statuses.get(status, 0) + 1
-        print(f"{status} {answer.decode('utf-8', 'replace')} {latency:.1f} ms", flush=True)
-        if len(bodies) > 1 and sys.stderr.isatty():
-            done = 30 * number // len(bodies)
-            sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {number}/{len(bodies)}")
-    if len(bodies) > 1:
-        if sys.stderr.isatty():
+    progress = len(bodies) > 1 and sys.stderr.isatty()
+    try:
+        for number, body in enumerate(bodies, start=1):
+            headers = {SIGNATURE_HEADER: sign(body, secret), "Content-Type": "application/json"}
+            started = time.perf_counter()
+            status, answer = _post(args.url, body, headers, args.timeout)
+            latency = (time.perf_counter() - started) * 1000
+            latencies.append(latency)
+            statuses[status] = statuses.get(status, 0) + 1
+            print(f"{status} {answer.decode('utf-8', 'replace')} {latency:.1f} ms", flush=True)
+            if progress:
+                done = 30 * number // len(bodies)
+                sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {number}/{len(bodies)}")
+    finally:
+        if progress:  # ends the progress bar's line, before a summary or an error
             sys.stderr.write("\n")
+    if len(bodies) > 1:
         failed = sum(n for status, n in statuses.items() if not 200 <= status < 300)
         counts = ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
         ordered = sorted(latencies)
         p50 = ordered[len(ordered) // 2]
-        print(f"summary: {len(bodies)} sent, {counts}, {failed} failed, p50 {p50:.1f} ms")
+        print(
+            f"summary: {len(bodies)} sent, {counts}, {failed} failed, p50 {p50:.1f} ms", flush=True
+        )
 
 
 def _silence_stdout() -> None:
@@ -208,7 +213,10 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(found):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this kernel lacks (IPv6 off): skipped, as asyncio does
+                continue
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # an IPv4 socket of its own takes IPv4
@@ -219,6 +227,8 @@ def _listen(host: str, port: int) -> list[socket.socket]:
         for sock in sockets:
             sock.close()
         raise CommandError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    if not sockets:
+        raise CommandError(f"cannot serve on {host}:{port}: no address of it can be used here")
     return sockets
 
 
@@ -577,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="log: %(levelname)s %(message)s")
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is handled below, not at exit
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

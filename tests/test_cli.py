@@ -595,7 +595,8 @@ def test_send_whose_output_is_closed_says_how_many_went(
     try:
         with receiving.new_entries() as entries:
             completed = subprocess.run(
-                command(*args, "--count", str(count)), cwd=tmp_path, env=environment(),
+                command(*args, "--count", str(count)), cwd=tmp_path,
+                env=environment(PYTHONUNBUFFERED=None),
                 stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False,
             )  # fmt: skip
     finally:
@@ -606,6 +607,54 @@ def test_send_whose_output_is_closed_says_how_many_went(
         assert f"stopped after 1 of {count}" in assert_error(result, 1), result
     else:
         assert result.returncode == 0 and not result.stderr, result
+
+
+def run_with_output_closed(
+    args: Sequence[str], cwd: Path, stderr: int = subprocess.PIPE
+) -> subprocess.CompletedProcess[bytes]:
+    """Run with a standard output whose reader has gone, and stdout buffered as a pipe's is
+    (this environment may set PYTHONUNBUFFERED, which would hide the exit's flush)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            command(*args), cwd=cwd, env=environment(PYTHONUNBUFFERED=None),
+            stdout=write_end, stderr=stderr, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+
+
+def test_send_on_a_terminal_ends_its_progress_line_before_an_error(
+    receiving: Receiving, tmp_path: Path
+) -> None:
+    """The output closes after the first line (``| head -1``) while stderr is a terminal
+    showing the progress bar: the error starts a line of its own."""
+    import pty
+
+    args = ["send", "message.sent", "--url", receiving.url, "--secret", SECRET, "--count", "50"]
+    controller, terminal = pty.openpty()
+    try:
+        with subprocess.Popen(
+            command(*args), cwd=tmp_path, env=environment(),
+            stdout=subprocess.PIPE, stderr=terminal,
+        ) as process:  # fmt: skip
+            assert process.stdout is not None
+            process.stdout.readline()
+            process.stdout.close()
+            process.wait(60)
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's other end is closed
+            while chunk := os.read(controller, 65536):
+                shown += chunk
+    finally:
+        os.close(controller)
+    assert process.returncode == 1
+    text = shown.decode(errors="replace").replace("\r\n", "\n")
+    assert "] 1/50" in text, text  # the progress bar was showing
+    [error] = [line for line in text.split("\n") if "error:" in line]
+    assert error.startswith("error: output closed"), text
 
 
 # -- serve ----------------------------------------------------------------------------------
@@ -731,6 +780,31 @@ def test_serve_on_a_port_in_use_exits_1(tmp_path: Path) -> None:
     assert f"cannot serve on 127.0.0.1:{port}" in line, result
     assert "receiving" not in result.stdout, result
     assert not (tmp_path / "x.sqlite3").exists(), "the inbox was made for a server that failed"
+
+
+def test_serve_skips_an_address_family_the_kernel_lacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With IPv6 off, getaddrinfo may still give "::": asyncio (so uvicorn) skips it."""
+    from aerostic_webhooks import cli as module
+
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: Any) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(97, "Address family not supported by protocol")
+        return real(family, *args)
+
+    monkeypatch.setattr(module.socket, "socket", no_ipv6)
+    sockets = module._listen("", 0)  # the binding serve uses
+    try:
+        assert sockets and all(sock.family == socket.AF_INET for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    monkeypatch.setattr(module.socket, "socket", lambda *args: no_ipv6(socket.AF_INET6))
+    with pytest.raises(module.CommandError, match="no address"):
+        module._listen("127.0.0.1", 0)
 
 
 def ipv6_loopback() -> bool:
@@ -1170,6 +1244,15 @@ def test_inbox_numbers_out_of_range_are_usage_errors(
     result = cli("inbox", *args, "--db", str(inbox), cwd=tmp_path)
     assert_error(result, 2)
     assert set(snapshot(inbox)) == set(ALL_IDS)
+
+
+def test_inbox_list_and_sign_into_a_closed_output_exit_quietly(inbox: Path, tmp_path: Path) -> None:
+    """``inbox list | true``: the reader has gone before the exit's flush; not a failure."""
+    body = tmp_path / "body.json"
+    body.write_bytes(RAW)
+    for args in (["inbox", "list", "--db", str(inbox)], ["sign", str(body), "--secret", SECRET]):
+        completed = run_with_output_closed(args, tmp_path)
+        assert (completed.returncode, completed.stderr) == (0, b""), (args, completed)
 
 
 # -- demo -----------------------------------------------------------------------------------

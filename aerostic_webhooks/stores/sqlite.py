@@ -578,7 +578,9 @@ def is_inbox(path: str | os.PathLike[str]) -> bool:
     (opened as a ``SQLiteStore``, any database would be given the tables and WAL mode).
 
     ``False`` for a database without the inbox's table or a file that is not a database;
-    ``StoreUnavailable`` if the file cannot be read.
+    ``StoreUnavailable`` if the file cannot be read. One case leaves files: should another
+    process close a WAL database's last connection during the check, its ``-wal`` and
+    ``-shm`` files stay beside it (harmless; SQLite uses or removes them later).
     """
     file = Path(path).resolve()
     # With no WAL file there is nothing unwritten to read, and immutable mode reads the
