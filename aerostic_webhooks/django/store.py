@@ -11,7 +11,7 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import Case, Count, F, Min, QuerySet, TextField, Value, When
 
 from ..errors import StoreUnavailable
-from ..stores.base import LEASE_LAPSED, Record, Status, due_at, utcnow
+from ..stores.base import LEASE_LAPSED, Record, Status, due_times, utcnow
 from .models import WebhookEvent
 
 __all__ = ["DjangoStore"]
@@ -76,8 +76,7 @@ class DjangoStore:
         return rows
 
     def add(self, record: Record) -> bool:
-        due = due_at(record)
-        next_attempt = due if record.status is Status.PENDING else None
+        next_attempt, due = due_times(record)
         try:
             with transaction.atomic(using=self.using):
                 self._rows().create(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["LEASE_LAPSED", "Record", "Status", "Store", "due_at", "utcnow"]
+__all__ = ["LEASE_LAPSED", "Record", "Status", "Store", "due_at", "due_times", "utcnow"]
 
 #: The error a claim gives a record taken back from a lease that ran out: its last attempt
 #: ended with no outcome. The worker dead-letters such a record once its attempts are spent.
@@ -68,6 +68,13 @@ def due_at(record: Record) -> datetime | None:
     if record.status is Status.PROCESSING:
         return record.lease_expires_at or record.received_at
     return None
+
+
+def due_times(record: Record) -> tuple[datetime | None, datetime | None]:
+    """A record's ``(next_attempt_at, due time)`` as a store keeps them: a pending record's
+    next attempt is its due time; other records have none."""
+    due = due_at(record)
+    return (due if record.status is Status.PENDING else None), due
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from ..errors import StoreUnavailable
-from .base import LEASE_LAPSED, Record, Status, due_at
+from .base import LEASE_LAPSED, Record, Status, due_times
 
 __all__ = ["RedisStore"]
 
@@ -263,8 +263,7 @@ class RedisStore:
         return f"{self.prefix}r:{event_id}"
 
     def _add_args(self, record: Record) -> list[str | bytes | int | float]:
-        due = due_at(record)
-        next_attempt = due if record.status is Status.PENDING else None
+        next_attempt, due = due_times(record)
         return [
             self.prefix,
             record.event_id,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import StoreUnavailable
-from .base import LEASE_LAPSED, Record, Status, due_at
+from .base import LEASE_LAPSED, Record, Status, due_times
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "is_inbox"]
 
@@ -193,8 +193,7 @@ _INSERT = (
 
 def _row(record: Record) -> tuple[object, ...]:
     """A record as the parameters of ``_INSERT``."""
-    due = due_at(record)
-    pending = record.status is Status.PENDING
+    next_attempt, due = due_times(record)
     return (
         record.event_id,
         record.event_type,
@@ -203,7 +202,7 @@ def _row(record: Record) -> tuple[object, ...]:
         record.status.value,
         record.attempts,
         record.last_error,
-        _ts(due) if pending else None,
+        _ts(next_attempt),
         record.lease_owner,
         _ts(record.lease_expires_at),
         _ts(record.received_at),
