@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from . import __version__
 from .errors import WebhookError
 from .events import Event
-from .receiver import SECRET_ENV, WebhookReceiver, current_event_id
+from .receiver import SECRET_ENV, WebhookReceiver, current_event_id, secrets_from_env
 from .signature import SIGNATURE_HEADER, sign
 from .stores.base import Status, utcnow
 from .stores.sqlite import SQLiteStore, is_inbox
@@ -60,8 +60,7 @@ def _secrets(args: argparse.Namespace) -> list[str]:
     if args.secret is not None:
         secrets: list[str] = [args.secret] if isinstance(args.secret, str) else args.secret
     else:
-        secrets = [part.strip() for part in os.environ.get(SECRET_ENV, "").split(",")]
-        secrets = [secret for secret in secrets if secret]
+        secrets = secrets_from_env()
     if not secrets or not all(secrets):
         raise UsageError(f"a webhook secret is required: --secret or ${SECRET_ENV}")
     return secrets

@@ -65,6 +65,11 @@ class Receipt(NamedTuple):
 _current_event_id: ContextVar[str] = ContextVar("aerostic_webhooks_event_id")
 
 
+def secrets_from_env() -> list[str]:
+    """``$AEROSTIC_WEBHOOK_SECRET``'s secrets: comma-separated while rotating, blanks dropped."""
+    return [part.strip() for part in os.environ.get(SECRET_ENV, "").split(",") if part.strip()]
+
+
 def current_event_id() -> str:
     """The id of the event whose handlers are running (``LookupError`` outside a handler)."""
     return _current_event_id.get()
@@ -154,8 +159,7 @@ class WebhookReceiver:
         worker_context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         if secret is None:
-            from_env = os.environ.get(SECRET_ENV, "")
-            secret = [part.strip() for part in from_env.split(",") if part.strip()]
+            secret = secrets_from_env()
         self._keys = signing_keys(secret)
         if process not in ("background", "inline", "external"):
             raise ValueError(
