@@ -584,31 +584,6 @@ def test_send_numbers_out_of_range_are_usage_errors(tmp_path: Path, option: list
     assert option[0] in result.stderr, result
 
 
-@pytest.mark.parametrize(("count", "code"), [(50, 1), (1, 0)], ids=["stopped-early", "all-sent"])
-def test_send_whose_output_is_closed_says_how_many_went(
-    receiving: Receiving, tmp_path: Path, count: int, code: int
-) -> None:
-    """``send ... | head``: deliveries never sent are a failure; a closed output alone is not."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # a reader that has already gone: the first line breaks the pipe
-    args = ("send", "message.sent", "--url", receiving.url, "--secret", SECRET)
-    try:
-        with receiving.new_entries() as entries:
-            completed = subprocess.run(
-                command(*args, "--count", str(count)), cwd=tmp_path,
-                env=environment(PYTHONUNBUFFERED=None),
-                stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False,
-            )  # fmt: skip
-    finally:
-        os.close(write_end)
-    result = Result(args, completed.returncode, "", completed.stderr.decode(), 0.0)
-    assert len(entries) == 1, entries  # the first went before its line was written
-    if code:
-        assert f"stopped after 1 of {count}" in assert_error(result, 1), result
-    else:
-        assert result.returncode == 0 and not result.stderr, result
-
-
 def run_with_output_closed(
     args: Sequence[str], cwd: Path, stderr: int = subprocess.PIPE
 ) -> subprocess.CompletedProcess[bytes]:
@@ -623,6 +598,22 @@ def run_with_output_closed(
         )  # fmt: skip
     finally:
         os.close(write_end)
+
+
+@pytest.mark.parametrize(("count", "code"), [(50, 1), (1, 0)], ids=["stopped-early", "all-sent"])
+def test_send_whose_output_is_closed_says_how_many_went(
+    receiving: Receiving, tmp_path: Path, count: int, code: int
+) -> None:
+    """``send ... | head``: deliveries never sent are a failure; a closed output alone is not."""
+    args = ("send", "message.sent", "--url", receiving.url, "--secret", SECRET)
+    with receiving.new_entries() as entries:  # the first line written breaks the pipe
+        completed = run_with_output_closed([*args, "--count", str(count)], tmp_path)
+    result = Result(args, completed.returncode, "", completed.stderr.decode(), 0.0)
+    assert len(entries) == 1, entries  # the first went before its line was written
+    if code:
+        assert f"stopped after 1 of {count}" in assert_error(result, 1), result
+    else:
+        assert result.returncode == 0 and not result.stderr, result
 
 
 def test_send_on_a_terminal_ends_its_progress_line_before_an_error(
