@@ -1174,15 +1174,20 @@ def test_inbox_list_piped_into_head_prints_no_traceback(tmp_path: Path) -> None:
     assert b"Traceback" not in errors, errors.decode(errors="replace")
 
 
-def test_inbox_commands_on_a_missing_db_fail_and_create_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "absent" / "inbox.sqlite3"
-    db.parent.mkdir()
-    runs = [
+def every_inbox_command(db: Path) -> list[list[str]]:
+    """One run of each inbox action on ``db``."""
+    return [
         ["inbox", "list", "--db", str(db)],
         ["inbox", "show", DONE_IDS[0], "--db", str(db)],
         ["inbox", "retry", "--failed", "--db", str(db)],
         ["inbox", "purge", "--older-than", "7d", "--db", str(db)],
     ]
+
+
+def test_inbox_commands_on_a_missing_db_fail_and_create_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "absent" / "inbox.sqlite3"
+    db.parent.mkdir()
+    runs = every_inbox_command(db)
     problems = []
     for result in cli_many(runs, cwd=tmp_path):
         try:
@@ -1207,12 +1212,7 @@ def test_inbox_commands_refuse_a_sqlite_file_that_is_not_an_inbox(
         conn.execute("CREATE TABLE customers (name TEXT)")
         conn.commit()
     before = db.read_bytes()
-    runs = [
-        ["inbox", "list", "--db", str(db)],
-        ["inbox", "show", DONE_IDS[0], "--db", str(db)],
-        ["inbox", "retry", "--failed", "--db", str(db)],
-        ["inbox", "purge", "--older-than", "7d", "--db", str(db)],
-    ]
+    runs = every_inbox_command(db)
     for result in cli_many(runs, cwd=tmp_path):
         assert "not an aerostic-webhooks inbox" in assert_error(result, 1), result
     assert db.read_bytes() == before
