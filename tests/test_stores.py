@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from aerostic_webhooks import MemoryStore, SQLiteStore
+from aerostic_webhooks import MemoryStore, SQLiteStore, StoreUnavailable
 from aerostic_webhooks.stores import Record, Status, Store
 from aerostic_webhooks.stores.base import LEASE_LAPSED, utcnow
 
@@ -322,20 +324,23 @@ def test_a_record_taken_back_from_a_lapsed_lease_says_so(store: Store) -> None:
     assert kept is not None and kept.last_error == LEASE_LAPSED
 
 
-def test_a_hung_redis_refuses_a_delivery_within_one_timeout() -> None:
-    """A server that accepts connections and never answers: 503 after one timeout, not
-    after the add's and the eviction check's one after the other."""
+@contextmanager
+def silent_redis_url() -> Iterator[str]:
+    """The URL of a server that accepts connections and never answers (a hung Redis)."""
     pytest.importorskip("redis", reason="the redis package is not installed")
-    import socket
-
-    from aerostic_webhooks import StoreUnavailable
-    from aerostic_webhooks.stores.redis import RedisStore
-
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        port = silent.getsockname()[1]
-        store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+        yield f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+
+
+def test_a_hung_redis_refuses_a_delivery_within_one_timeout() -> None:
+    """A server that accepts connections and never answers: 503 after one timeout, not
+    after the add's and the eviction check's one after the other."""
+    with silent_redis_url() as url:
+        from aerostic_webhooks.stores.redis import RedisStore
+
+        store = RedisStore(url, timeout=0.3)
         for _ in range(2):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
@@ -346,16 +351,10 @@ def test_a_hung_redis_refuses_a_delivery_within_one_timeout() -> None:
 
 def test_a_redis_store_made_from_a_url_gives_up_after_two_seconds() -> None:
     """The README's default timeout: a hung server costs a delivery 2 s, then a 503."""
-    pytest.importorskip("redis", reason="the redis package is not installed")
-    import socket
+    with silent_redis_url() as url:
+        from aerostic_webhooks.stores.redis import RedisStore
 
-    from aerostic_webhooks import StoreUnavailable
-    from aerostic_webhooks.stores.redis import RedisStore
-
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        store = RedisStore(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        store = RedisStore(url)
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             store.add(record("a"))
