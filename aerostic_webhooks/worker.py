@@ -135,6 +135,8 @@ class Worker:
         self._concurrency = concurrency
         self._lease = lease_seconds
         self._retry_delays = tuple(retry_delays)
+        #: Attempts before a record is failed for good: the first, then one per retry delay.
+        self.max_attempts = len(self._retry_delays) + 1
         self._poll_interval = poll_interval
         self._retention = retention
         self._purge_interval = purge_interval
@@ -142,10 +144,6 @@ class Worker:
         self._context = context or nullcontext
         self._lock = threading.Lock()
         self._reset()
-
-    @property
-    def max_attempts(self) -> int:
-        return len(self._retry_delays) + 1
 
     def _reset(self) -> None:
         """Fresh state; also used in a forked child, where the parent's threads do not exist."""
@@ -335,41 +333,47 @@ class Worker:
         Once stopped, only records already claimed are run. Successes are marked done in one
         store call once the claimed records run out (or there are many, or handlers are slow).
         """
+        if self._context is nullcontext:  # entering one would cost a no-op handler a tenth
+            return self._step_in_context(stopped, ready)
         with self._context():
-            try:
-                record = ready.popleft()
-            except IndexError:
-                record = None
-                if (
-                    not stopped.is_set()
-                    and self._looked != self._wakes
-                    and self._claim_lock.acquire(blocking=False)
-                ):
-                    try:
-                        # All that was due was claimed a moment ago: let the deliveries that
-                        # came since gather for the rest of the window, so a steady stream is
-                        # claimed in batches rather than a few records a transaction.
-                        pause = self._drained_at + self._coalesce - time.monotonic()
-                        if pause > 0:
-                            stopped.wait(pause)
-                        wakes = self._wakes
-                        records = [] if stopped.is_set() else self._claim(stopped, wakes)
-                    finally:
-                        self._claim_lock.release()
-                    if records:
-                        record = records[0]
-                        ready.extend(records[1:])
-                    # Help with the rest; and wake() gave no token during the claim, which
-                    # may have missed what it was called for.
-                    if len(records) > 1 or self._wakes != wakes:
-                        self.wake()
-            if record is None:
-                self._complete()
-                return False
-            self._run(record)
-            if not ready or len(self._done) >= _MAX_CLAIM or self._run_seconds > _CLAIM_BUDGET:
-                self._complete()
-            return True
+            return self._step_in_context(stopped, ready)
+
+    def _step_in_context(self, stopped: threading.Event, ready: collections.deque[Record]) -> bool:
+        """``_step`` once inside the worker's context."""
+        try:
+            record = ready.popleft()
+        except IndexError:
+            record = None
+            if (
+                not stopped.is_set()
+                and self._looked != self._wakes
+                and self._claim_lock.acquire(blocking=False)
+            ):
+                try:
+                    # All that was due was claimed a moment ago: let the deliveries that
+                    # came since gather for the rest of the window, so a steady stream is
+                    # claimed in batches rather than a few records a transaction.
+                    pause = self._drained_at + self._coalesce - time.monotonic()
+                    if pause > 0:
+                        stopped.wait(pause)
+                    wakes = self._wakes
+                    records = [] if stopped.is_set() else self._claim(stopped, wakes)
+                finally:
+                    self._claim_lock.release()
+                if records:
+                    record = records[0]
+                    ready.extend(records[1:])
+                # Help with the rest; and wake() gave no token during the claim, which
+                # may have missed what it was called for.
+                if len(records) > 1 or self._wakes != wakes:
+                    self.wake()
+        if record is None:
+            self._complete()
+            return False
+        self._run(record)
+        if not ready or len(self._done) >= _MAX_CLAIM or self._run_seconds > _CLAIM_BUDGET:
+            self._complete()
+        return True
 
     def _wait_for(self) -> float:
         """Sleep until the next record falls due, but at most ``poll_interval``.

@@ -64,9 +64,8 @@ class MemoryStore:
         due = due_at(record)
         return due is not None and due <= now
 
-    def _claim(self, record: Record, owner: str, lease: float, now: datetime) -> Record:
+    def _claim(self, record: Record, owner: str, now: datetime, expires: datetime) -> Record:
         # Built positionally: the worker's hot path, and _replace costs several times more.
-        expires = now + timedelta(seconds=lease)
         claimed = Record(
             record.event_id,
             record.event_type,
@@ -86,6 +85,7 @@ class MemoryStore:
 
     def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
         now = utcnow()
+        expires = now + timedelta(seconds=lease)
         claimed: list[Record] = []
         with self._lock:
             while len(claimed) < limit:
@@ -93,7 +93,7 @@ class MemoryStore:
                 if top is None or top[0] > now:
                     break
                 heapq.heappop(self._due)
-                claimed.append(self._claim(self._records[top[1]], owner, lease, now))
+                claimed.append(self._claim(self._records[top[1]], owner, now, expires))
         return claimed
 
     def take(self, event_id: str, owner: str, *, lease: float) -> Record | None:
@@ -102,7 +102,7 @@ class MemoryStore:
             record = self._records.get(event_id)
             if record is None or not self._claimable(record, now):
                 return None
-            return self._claim(record, owner, lease, now)
+            return self._claim(record, owner, now, now + timedelta(seconds=lease))
 
     def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
         now = utcnow()
