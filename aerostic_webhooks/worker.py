@@ -135,8 +135,7 @@ class Worker:
         self._concurrency = concurrency
         self._lease = lease_seconds
         self._retry_delays = tuple(retry_delays)
-        #: Attempts before a record is failed for good: the first, then one per retry delay.
-        self.max_attempts = len(self._retry_delays) + 1
+        self._max_attempts = len(self._retry_delays) + 1  # read once per record
         self._poll_interval = poll_interval
         self._retention = retention
         self._purge_interval = purge_interval
@@ -176,6 +175,11 @@ class Worker:
         self._stopped = threading.Event()
         self._finished = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts before a record is failed for good: the first, then one per retry delay."""
+        return self._max_attempts
 
     @property
     def running(self) -> bool:
@@ -427,7 +431,7 @@ class Worker:
         error: str | None = "not run"
         try:
             try:
-                if record.attempts > self.max_attempts and record.last_error == LEASE_LAPSED:
+                if record.attempts > self._max_attempts and record.last_error == LEASE_LAPSED:
                     # Its attempts are spent and the last ended with no outcome: a handler
                     # that kills its process (out of memory, a crash) would otherwise be
                     # claimed and run once a lease, forever.
@@ -482,7 +486,7 @@ class Worker:
         """Record a failure: pending again after the backoff delay, or failed for good."""
         owner = record.lease_owner or self.owner
         try:
-            if record.attempts >= self.max_attempts:
+            if record.attempts >= self._max_attempts:
                 self.store.fail(record.event_id, owner, error=error)
                 logger.error(
                     "%s failed after %d attempts; kept as failed (retry it with retry())",
@@ -499,7 +503,7 @@ class Worker:
                     record.event_id,
                     delay,
                     record.attempts,
-                    self.max_attempts,
+                    self._max_attempts,
                 )
         except Exception:
             logger.warning(

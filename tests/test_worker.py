@@ -118,6 +118,16 @@ def test_default_backoff_is_spread_over_hours() -> None:
     assert Worker(MemoryStore(), lambda record: None).max_attempts == 6
 
 
+def test_max_attempts_follows_the_retry_delays_and_cannot_be_set_apart_from_them() -> None:
+    """Set on its own, it could outrun the delays: the retry after the last would have none."""
+    from aerostic_webhooks.worker import Worker
+
+    worker = Worker(MemoryStore(), lambda record: None, retry_delays=(0, 5))
+    assert worker.max_attempts == 3
+    with pytest.raises(AttributeError):
+        worker.max_attempts = 4  # type: ignore[misc]
+
+
 def test_a_claim_holds_its_record_for_30_seconds_by_default() -> None:
     """The README's lease: a record whose worker died is taken up again within a minute."""
     started, release = threading.Event(), threading.Event()
