@@ -2,7 +2,7 @@
 
 Run from the repository root (see ``bench/README.md``)::
 
-    python bench/instructions.py                      # every framework, ~8 minutes
+    python bench/instructions.py                      # every framework, ~10 minutes
     python bench/instructions.py --frameworks flask --kinds bare,adapter
 
 ``adapters.py`` measures the target's own unit, requests per second, but on a shared
@@ -73,7 +73,7 @@ def count_row(framework: str, kind: adapters.Kind, number: int, built: int) -> N
         receiver.drain(adapters.DRAIN_TIMEOUT)
     batch = served.batch(path, workload.deliveries[:number])
     # Built and kept, never run: both runs build, hold and collect the same requests.
-    unrun = served.batch(path, workload.deliveries[number:])
+    _unrun = served.batch(path, workload.deliveries[number:])
     gc.collect()
     batch.run()
     if receiver is not None and kind == "adapter":
@@ -94,7 +94,6 @@ def count_row(framework: str, kind: adapters.Kind, number: int, built: int) -> N
             file=sys.stderr,
         )
     sys.stderr.flush()
-    del unrun
     os._exit(0 if ok else 1)  # no teardown: it would be counted
 
 
@@ -137,7 +136,9 @@ def counted(framework: str, kind: str, number: int, built: int) -> int:
     done = subprocess.run(command, capture_output=True, env=env, check=False)
     found = _COLLECTED.findall(done.stderr)
     if done.returncode != 0 or not found:
-        tail = done.stderr.decode(errors="replace").strip().splitlines()[-5:]
+        # The child's own lines, not valgrind's ("==pid== ..."), which end every run.
+        lines = done.stderr.decode(errors="replace").splitlines()
+        tail = [line for line in lines if line.strip() and not line.startswith("==")][-5:]
         raise adapters.CheckFailed(f"{framework} {kind}: counted run failed: {tail}")
     return int(found[-1])
 
@@ -245,12 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(measure, n, k, args.small, args.large) for n, k in jobs]
         try:
-            counts = [future.result() for future in futures]
+            for future in concurrent.futures.as_completed(futures):
+                future.result()  # the first failure, as soon as it happens
         except adapters.CheckFailed as failure:
             pool.shutdown(cancel_futures=True)  # the runs under way finish; no others start
             print(f"benchmark self-check failed: {failure}", file=sys.stderr)
             return 1
-    print_table(counts)
+    print_table([future.result() for future in futures])
     for message in skipped:
         print(f"skipped: {message}")
     return 0
