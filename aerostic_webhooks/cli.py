@@ -208,7 +208,7 @@ def _listen(host: str, port: int) -> list[socket.socket]:
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except OSError as error:
-        raise CommandError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+        raise _cannot_serve(host, port, error.strerror or str(error)) from None
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(found):
@@ -225,10 +225,15 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     except OSError as error:
         for sock in sockets:
             sock.close()
-        raise CommandError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+        raise _cannot_serve(host, port, error.strerror or str(error)) from None
     if not sockets:
-        raise CommandError(f"cannot serve on {host}:{port}: no address of it can be used here")
+        raise _cannot_serve(host, port, "no address of it can be used here")
     return sockets
+
+
+def _cannot_serve(host: str, port: int, reason: str = "") -> CommandError:
+    """The one line ``serve`` ends with when it cannot start."""
+    return CommandError(f"cannot serve on {host}:{port}" + (f": {reason}" if reason else ""))
 
 
 def _url(host: str, port: int) -> str:
@@ -256,12 +261,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         server.run(sockets=sockets)
     except SystemExit:  # uvicorn exits when it cannot start
-        raise CommandError(f"cannot serve on {args.host}:{args.port}") from None
+        raise _cannot_serve(args.host, args.port) from None
     finally:
         for sock in sockets:
             sock.close()
     if not server.started:
-        raise CommandError(f"cannot serve on {args.host}:{args.port}")
+        raise _cannot_serve(args.host, args.port)
     return 0
 
 
