@@ -8,16 +8,7 @@ import copy
 import json
 from typing import Any
 
-from pydantic import BaseModel
-
-from .events import (
-    ContactCreatedData,
-    MessageDeliveredData,
-    MessageFailedData,
-    MessageReadData,
-    MessageReceivedData,
-    MessageSentData,
-)
+from .events import parse_event
 from .signature import SIGNATURE_HEADER, sign
 
 __all__ = [
@@ -96,16 +87,6 @@ SAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
 }
 
 
-_DATA_MODELS: dict[str, type[BaseModel]] = {
-    "message.received": MessageReceivedData,
-    "message.sent": MessageSentData,
-    "message.delivered": MessageDeliveredData,
-    "message.read": MessageReadData,
-    "message.failed": MessageFailedData,
-    "contact.created": ContactCreatedData,
-}
-
-
 def sample_payload(event_type: str, **data_overrides: Any) -> dict[str, Any]:
     """A deep copy of the documented sample for ``event_type``, with ``data`` fields overridden.
 
@@ -117,7 +98,8 @@ def sample_payload(event_type: str, **data_overrides: Any) -> dict[str, Any]:
     except KeyError:
         known = ", ".join(SAMPLE_PAYLOADS)
         raise ValueError(f"no sample for {event_type!r}; samples exist for {known}") from None
-    fields = _DATA_MODELS[event_type].model_fields
+    # The typed model the sample parses into names its fields and their wire aliases.
+    fields = type(parse_event(json.dumps(payload)).data).model_fields
     for name, value in data_overrides.items():
         field = fields.get(name)
         payload["data"][field.alias if field is not None and field.alias else name] = value
