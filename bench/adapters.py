@@ -689,24 +689,27 @@ def check_store(
     return ""
 
 
+def row_app(
+    fw: Framework, kind: Kind, recorder: Recorder
+) -> tuple[Any, str, WebhookReceiver | None]:
+    """A fresh app for one batch of a row, the path it answers at, and its receiver (none in
+    the bare and floor rows); the adapter row's receiver hands every event to ``recorder``."""
+    if kind in ("bare", "floor"):
+        return fw.bare(kind == "floor"), FLOOR_PATH if kind == "floor" else BARE_PATH, None
+    process: Literal["background", "external"] = "background" if kind == "adapter" else "external"
+    receiver = WebhookReceiver(SECRET, store=MemoryStore(), process=process)
+    if kind == "adapter":
+        receiver.on(EVENT_TYPE)(recorder)
+    return fw.adapter(receiver), MOUNT, receiver
+
+
 def run_row(row: Row, w: Workload, profiler: cProfile.Profile | None = None) -> Sample:
     """One batch of ``row`` on a fresh app (and receiver): warm up, time, check."""
     fw, kind = row.framework, row.kind
     where = f"{row.label}"
-    receiver: WebhookReceiver | None = None
     processed: int | None = None
     recorder = Recorder()
-    if kind in ("bare", "floor"):
-        app = fw.bare(kind == "floor")
-        path = FLOOR_PATH if kind == "floor" else BARE_PATH
-    else:
-        process: Literal["background", "external"] = (
-            "background" if kind == "adapter" else "external"
-        )
-        receiver = WebhookReceiver(SECRET, store=MemoryStore(), process=process)
-        if kind == "adapter":
-            receiver.on(EVENT_TYPE)(recorder)
-        app, path = fw.adapter(receiver), MOUNT
+    app, path, receiver = row_app(fw, kind, recorder)
     try:
         served = row.harness.serve(app)
         try:

@@ -37,12 +37,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import adapters
 from _env import print_machine, print_run, version_of
-
-from aerostic_webhooks import MemoryStore, WebhookReceiver
 
 SMALL, LARGE = 200, 1200
 CHECKED = 20
@@ -54,19 +51,8 @@ def count_row(framework: str, kind: adapters.Kind, number: int, built: int) -> N
     fw = adapters.FRAMEWORKS[framework]()
     harness = adapters.HARNESSES[fw.protocol]()
     workload = adapters.build_workload(built)
-    receiver: WebhookReceiver | None = None
     recorder = adapters.Recorder()
-    if kind in ("bare", "floor"):
-        app = fw.bare(kind == "floor")
-        path = adapters.FLOOR_PATH if kind == "floor" else adapters.BARE_PATH
-    else:
-        process: Literal["background", "external"] = (
-            "background" if kind == "adapter" else "external"
-        )
-        receiver = WebhookReceiver(adapters.SECRET, store=MemoryStore(), process=process)
-        if kind == "adapter":
-            receiver.on(adapters.EVENT_TYPE)(recorder)
-        app, path = fw.adapter(receiver), adapters.MOUNT
+    app, path, receiver = adapters.row_app(fw, kind, recorder)
     served = harness.serve(app)
     served.batch(path, [workload.warmup]).run()
     if receiver is not None and kind == "adapter":
