@@ -302,7 +302,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             drained = receiver.drain(timeout=20)
         finally:
             server.should_exit = True
-            thread.join(20)
+            if thread.is_alive():  # not when an interrupt ended start() before the thread ran
+                thread.join(20)
             receiver.close()
     print(f"{'delivery':<32} {'expected':>8} {'answered':>8}  body")
     for name, expected, status, text in rows:

@@ -25,6 +25,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1274,3 +1276,28 @@ def test_demo_stopped_by_sigterm_removes_its_scratch_inbox(tmp_path: Path) -> No
     assert demo.process.returncode == 1, demo
     assert "Traceback" not in demo.stderr(), demo
     assert list(scratch.iterdir()) == [], "the demo left its scratch inbox behind"
+
+
+@needs_server
+def test_demo_interrupted_before_its_server_thread_starts_exits_1_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal can land inside ``Thread.start()``: the demo must not then join a thread that
+    never started (``RuntimeError``, a traceback) and must still remove its scratch inbox."""
+    from aerostic_webhooks import cli as module
+
+    start = threading.Thread.start
+
+    def interrupted(thread: threading.Thread) -> None:
+        if thread.name == "aerostic-webhooks-demo":
+            raise KeyboardInterrupt  # as _interrupt raises it on SIGTERM
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert module.main(["demo"]) == 1
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
