@@ -3,7 +3,8 @@
 ``nox -s tests`` runs the whole suite on the newest releases, ``nox -s lint`` the static checks,
 ``nox -s matrix`` every entry of the version matrix one after the other (``nox -l`` lists them;
 ``nox -s "matrix(flask-oldest)"`` runs one), and ``nox -s oldest`` the in-process suites on every
-lower bound at once, as ``.ci/run`` does. tox.ini has the same environments.
+lower bound at once, Python's included. ``.ci/run`` runs ``oldest`` and ``matrix(python313)``,
+the whole suite on the newest Python. tox.ini has the same environments.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ LOWEST = {
 def lowest(*names: str) -> list[str]:
     return [f"{name}=={LOWEST[name]}" for name in names]
 
+
+# The oldest Python that pyproject.toml's requires-python admits.
+OLDEST_PYTHON = "3.10"
 
 # Flask 2.3 asks for Werkzeug>=2.3 and is tested with that oldest Werkzeug.
 FLASK_OLDEST = [*lowest("flask"), "werkzeug==2.3"]
@@ -87,8 +91,12 @@ MATRIX = {
     # The Django LTS releases and the newest Django, which needs Python 3.12.
     "django52": Entry(["django==5.2.*"], DJANGO),
     "django6": Entry(["django>=6,<7"], DJANGO, python="3.12"),
-    # The newest release of everything, the whole suite (Django 5.2 on Python 3.10 and 3.11).
-    "newest": Entry([], EVERYTHING),
+    # The newest release of everything, the whole suite (Django 5.2 on Python 3.10 and 3.11),
+    # on each supported Python.
+    "python310": Entry([], EVERYTHING, python="3.10"),
+    "python311": Entry([], EVERYTHING, python="3.11"),
+    "python312": Entry([], EVERYTHING, python="3.12"),
+    "python313": Entry([], EVERYTHING, python="3.13"),
 }
 
 
@@ -123,8 +131,8 @@ def matrix(session: nox.Session, entry: Entry) -> None:
     pytest(session, entry.tests)
 
 
-@nox.session
+@nox.session(python=OLDEST_PYTHON)
 def oldest(session: nox.Session) -> None:
-    """Every lower bound together, the in-process suites: the reduced matrix CI runs."""
+    """Every lower bound together, Python's too, the in-process suites: CI's reduced matrix."""
     session.install("-e", ".[all,test]", *OLDEST)
     pytest(session, IN_PROCESS)

@@ -108,15 +108,21 @@ def lower_bounds() -> dict[str, str]:
     return bounds
 
 
-def test_the_version_matrix_pins_exactly_the_stated_lower_bounds() -> None:
-    bounds = lower_bounds()
+def noxfile_value(name: str) -> object:
+    """A module-level constant of noxfile.py (read, not imported: nox may not be installed)."""
     noxfile = ast.parse((ROOT / "noxfile.py").read_text())
-    lowest = next(
+    return next(
         ast.literal_eval(node.value)
         for node in noxfile.body
         if isinstance(node, ast.Assign)
-        and any(isinstance(target, ast.Name) and target.id == "LOWEST" for target in node.targets)
+        and any(isinstance(target, ast.Name) and target.id == name for target in node.targets)
     )
+
+
+def test_the_version_matrix_pins_exactly_the_stated_lower_bounds() -> None:
+    bounds = lower_bounds()
+    lowest = noxfile_value("LOWEST")
+    assert isinstance(lowest, dict)
     assert lowest == {name: bounds[name] for name in lowest}
     assert {"pydantic", "flask", "django", "starlette", "fastapi", "redis"} <= lowest.keys()
     tox = (ROOT / "tox.ini").read_text()
@@ -124,3 +130,22 @@ def test_the_version_matrix_pins_exactly_the_stated_lower_bounds() -> None:
     assert {name for name, _ in pins} >= lowest.keys()
     for name, version in pins:
         assert lowest.get(name, version) == version, f"tox.ini pins {name}=={version}"
+
+
+def test_the_version_matrix_runs_every_python_pyproject_states() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    oldest = re.search(r'requires-python = ">=(3\.[0-9]+)"', pyproject)
+    assert oldest is not None
+    listed = re.findall(r'"Programming Language :: Python :: (3\.[0-9]+)"', pyproject)
+    assert listed and listed[0] == oldest.group(1), "the classifiers start at requires-python"
+    assert noxfile_value("OLDEST_PYTHON") == oldest.group(1)  # nox -s oldest, in CI
+    noxfile = (ROOT / "noxfile.py").read_text()
+    tox = (ROOT / "tox.ini").read_text()
+    oldest_env = tox.split("[testenv:oldest]", 1)[1].split("\n[", 1)[0]
+    assert f"base_python = python{oldest.group(1)}" in oldest_env
+    for version in listed:
+        entry = f"python{version.replace('.', '')}"
+        assert f'"{entry}": Entry([], EVERYTHING, python="{version}")' in noxfile, entry
+        assert f"[testenv:{entry}]\n" in tox and f"base_python = python{version}\n" in tox
+    newest = f"matrix(python{listed[-1].replace('.', '')})"
+    assert newest in (ROOT / ".ci" / "run").read_text(), f".ci/run does not run {newest}"
