@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from aerostic_webhooks import MemoryStore, SQLiteStore, StoreUnavailable, WebhookReceiver
-from aerostic_webhooks.intake import _STOP, Intake, off_loop
+from aerostic_webhooks.intake import _STOP, MAX_BATCH, Intake, off_loop
 from aerostic_webhooks.stores import Record, Status
 from aerostic_webhooks.stores.base import utcnow
 
@@ -520,3 +520,89 @@ def test_worker_context_is_entered_around_each_intake_write(tmp_path: Path) -> N
         receipt = run(webhooks.receive_async(body, signed(body)))
         assert store.get(receipt.event_id) is not None
     assert entered == ["aerostic-webhooks-intake"]
+
+
+def test_close_writes_the_requests_queued_before_it() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+
+    async def scenario() -> list[object]:
+        write.gate.clear()
+        first = asyncio.ensure_future(intake.submit(0))
+        await asyncio.to_thread(write.entered.wait, WAIT)
+        queued = [asyncio.ensure_future(intake.submit(n)) for n in (2, 4)]
+        await asyncio.sleep(0.05)  # both wait behind the held write
+        closing = asyncio.ensure_future(asyncio.to_thread(intake.close, WAIT))
+        await asyncio.sleep(0.05)  # close's stop mark is queued after them
+        write.gate.set()
+        await closing
+        return list(await asyncio.gather(first, *queued))
+
+    assert run(scenario()) == [0, 20, 40]
+    assert write.batches == [[0], [2, 4]]
+
+
+def test_a_write_raising_a_base_exception_refuses_its_batch_and_the_next_is_written() -> None:
+    batches: list[list[int]] = []
+
+    def write(batch: list[int]) -> list[int]:
+        batches.append(batch)
+        if len(batches) == 1:
+            raise SystemExit("the store's driver gave up")  # not an Exception
+        return [n * 10 for n in batch]
+
+    intake: Intake[int, int] = Intake(write)
+    try:
+        (refused,) = run(submit_all(intake, [1]))
+        assert run(submit_all(intake, [2])) == [20]
+    finally:
+        intake.close()
+    assert isinstance(refused, RuntimeError)
+    assert isinstance(refused.__cause__, SystemExit)
+
+
+def test_a_request_whose_loop_has_closed_does_not_stop_the_others() -> None:
+    write = Recorder()
+    write.gate.clear()
+    intake: Intake[int, int] = Intake(write)
+    gone = asyncio.new_event_loop()
+    try:
+        task = gone.create_task(intake.submit(0))
+        gone.run_until_complete(asyncio.to_thread(write.entered.wait, WAIT))  # held in the write
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            gone.run_until_complete(task)
+    finally:
+        gone.close()
+
+    async def later() -> int:
+        waiting = asyncio.ensure_future(intake.submit(2))
+        await asyncio.sleep(0.05)  # queued behind the held write, whose loop is gone
+        write.gate.set()
+        return await waiting
+
+    try:
+        assert run(later()) == 20
+    finally:
+        intake.close()
+    assert write.batches == [[0], [2]]
+
+
+def test_a_write_takes_at_most_max_batch_requests() -> None:
+    write = Recorder()
+    intake: Intake[int, int] = Intake(write)
+
+    async def scenario() -> None:
+        write.gate.clear()
+        first = asyncio.ensure_future(intake.submit(0))
+        await asyncio.to_thread(write.entered.wait, WAIT)
+        queued = [asyncio.ensure_future(intake.submit(2 * n)) for n in range(1, MAX_BATCH + 11)]
+        await asyncio.sleep(0.05)
+        write.gate.set()
+        await asyncio.gather(first, *queued)
+
+    try:
+        run(scenario())
+    finally:
+        intake.close()
+    assert [len(batch) for batch in write.batches] == [1, MAX_BATCH, 10]
