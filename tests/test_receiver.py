@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -22,6 +23,8 @@ from aerostic_webhooks import (
     WebhookReceiver,
     sign,
 )
+from aerostic_webhooks.events import parse_event
+from aerostic_webhooks.receiver import default_event_id
 from aerostic_webhooks.stores import Record
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body, sample_payload, signed_request
 
@@ -168,14 +171,72 @@ def test_broken_event_id_callable_falls_back_to_the_default(
     assert "event_id callable raised" in caplog.text
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 513, "has\x00nul"])
+@pytest.mark.parametrize("bad", ["", "x" * 513, "has\x00nul", 42, b"bytes-id", ["a", "b"]])
 def test_an_event_id_no_store_could_key_falls_back_to_the_default(
-    bad: str, caplog: pytest.LogCaptureFixture
+    bad: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     with WebhookReceiver(SECRET, store=MemoryStore(), event_id=lambda event: bad) as webhooks:
         body = sample_body("message.received")
         assert webhooks.receive(body, headers_for(body)).event_id == "message.received:msg_abc123"
     assert "returned no usable id" in caplog.text
+
+
+@pytest.mark.parametrize("container", [list, tuple])
+def test_a_header_given_as_several_values_is_read_as_their_comma_joined_list(
+    receiver: WebhookReceiver, container: type
+) -> None:
+    """As a server joins the lines of a repeated header: any good candidate verifies."""
+    body = sample_body("message.received")
+    value = container(["sha256=" + "0" * 64, sign(body, SECRET)])
+    assert receiver.receive(body, {"X-Aerostic-Signature": value}).duplicate is False
+
+
+def test_an_event_id_of_the_longest_usable_length_is_kept() -> None:
+    longest = "x" * 512
+    with WebhookReceiver(SECRET, store=MemoryStore(), event_id=lambda event: longest) as webhooks:
+        body = sample_body("message.received")
+        assert webhooks.receive(body, headers_for(body)).event_id == longest
+
+
+def unknown_event(data: dict[str, object]) -> bytes:
+    return json.dumps(
+        {"event": "order.shipped", "timestamp": "2026-01-30T15:45:00Z", "data": data}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (sample_body("message.received", id="m1"), "message.received:m1"),
+        (unknown_event({"id": 0}), "order.shipped:0"),  # falsy, but an id
+        (unknown_event({"id": "o1"}), "order.shipped:o1"),
+        (sample_body("message.received", id=""), None),  # every empty id would be one event
+        (unknown_event({"id": True}), None),  # so would every true one
+        (unknown_event({"id": 1.5}), None),
+        (unknown_event({"ref": "o1"}), None),
+    ],
+)
+def test_the_default_event_id_falls_back_to_the_body_digest_without_a_usable_data_id(
+    body: bytes, expected: str | None
+) -> None:
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    assert default_event_id(parse_event(body), body) == (expected or digest)
+
+
+def test_a_new_delivery_wakes_the_idle_worker() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore()) as webhooks:
+        # Only a wake-up can start the handler soon: the worker polls once a minute.
+        webhooks._worker._poll_interval = 60.0
+        handled = threading.Event()
+        webhooks.on("*")(lambda event: handled.set())
+        first = sample_body("message.received", id="first")
+        webhooks.receive(first, headers_for(first))
+        assert webhooks.drain(10) and handled.is_set()
+        handled.clear()
+        time.sleep(0.1)  # the worker is idle, waiting
+        second = sample_body("message.received", id="second")
+        webhooks.receive(second, headers_for(second))
+        assert handled.wait(30)
 
 
 def test_an_unknown_event_type_holding_nul_is_an_invalid_payload(

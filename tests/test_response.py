@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,7 +19,7 @@ from aerostic_webhooks import (
     WebhookError,
     parse_event,
 )
-from aerostic_webhooks.response import CONTENT_TYPE, render
+from aerostic_webhooks.response import CONTENT_TYPE, read_limited, read_limited_async, render
 from aerostic_webhooks.testing import sample_body
 
 CONTRACT = [
@@ -78,3 +80,33 @@ def test_declared_length_takes_only_ascii_digits(value: object, expected: int | 
     from aerostic_webhooks.response import declared_length
 
     assert declared_length(value) == expected  # type: ignore[arg-type]
+
+
+def test_running_out_of_memory_while_reading_is_not_a_bad_payload() -> None:
+    """A 400 tells the sender not to retry; memory running out is ours, so it stays a 500."""
+
+    def read(size: int) -> bytes:
+        raise MemoryError
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"{"
+        raise MemoryError
+
+    with pytest.raises(MemoryError):
+        read_limited(read, 100)
+    with pytest.raises(MemoryError):
+        asyncio.run(read_limited_async(chunks(), 100))
+
+
+def test_a_body_the_server_cannot_deliver_is_an_invalid_payload() -> None:
+    def read(size: int) -> bytes:
+        raise OSError("client went away mid-body")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"{"
+        raise OSError("client went away mid-body")
+
+    with pytest.raises(InvalidPayload):
+        read_limited(read, 100)
+    with pytest.raises(InvalidPayload):
+        asyncio.run(read_limited_async(chunks(), 100))

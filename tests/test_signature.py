@@ -137,6 +137,8 @@ def test_verify_accepts_the_right_signature() -> None:
         pytest.param(("whsec_a", "whsec_b", KEY), id="tuple"),
         pytest.param([b"whsec_old", KEY.encode()], id="bytes"),
         pytest.param(["whsec_old", KEY.encode()], id="mixed"),
+        pytest.param(KEY.encode(), id="one-bytes"),
+        pytest.param(bytearray(KEY.encode()), id="one-bytearray"),
     ],
 )
 def test_verify_accepts_any_of_several_secrets(secrets: Any) -> None:
@@ -153,6 +155,7 @@ def test_verify_accepts_any_of_several_secrets(secrets: Any) -> None:
         pytest.param(f"garbage, {GOOD}", id="garbage-then-good"),
         pytest.param(f"{GOOD},sha256=zz", id="good-then-malformed"),
         pytest.param("sha256=" + SAMPLE_HMAC.upper(), id="upper-hex"),
+        pytest.param("SHA256=" + SAMPLE_HMAC, id="upper-prefix"),
         pytest.param(GOOD.encode("ascii"), id="bytes"),
         pytest.param(f" sha256=nothex, {GOOD} ".encode("ascii"), id="bytes-list"),
     ],
@@ -189,6 +192,7 @@ def test_verify_accepts_header_variants(header: str | bytes) -> None:
         pytest.param(GOOD.encode("utf-16"), id="utf16-bytes"),
         pytest.param(",,,", id="only-commas"),
         pytest.param(f"{GOOD[:-1]}\x00", id="nul"),
+        pytest.param(f"{GOOD},é", id="good-then-non-ascii"),  # a header is ASCII, or refused
     ],
 )
 def test_verify_refuses_malformed_headers(header: str | bytes | None) -> None:

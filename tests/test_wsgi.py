@@ -55,6 +55,12 @@ def test_headers_iterate_as_the_request_had_them() -> None:
     assert dict(headers)["Host"] == "example.test"
 
 
+def test_content_length_is_a_header_too() -> None:
+    headers = EnvironHeaders(environ(CONTENT_LENGTH="5"))
+    assert headers["content-length"] == "5"
+    assert "Content-Length" in list(headers)
+
+
 def test_a_declared_body_is_read_up_to_its_length_and_no_further() -> None:
     stream = io.BytesIO(b"0123456789" + b"NEXT REQUEST")
     read, length = wsgi_input(environ(CONTENT_LENGTH="10", **{"wsgi.input": stream}))
