@@ -22,6 +22,7 @@ from aerostic_webhooks import (
     UnknownEvent,
     parse_event,
 )
+from aerostic_webhooks.events import MessageDeliveredData, MessageReceivedData, event_json_schema
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body
 
 # The six samples copied by hand from the sender's documentation (aerostic-webhooks-docs.txt),
@@ -239,6 +240,48 @@ def test_dump_uses_wire_names_and_python_names_stay_snake_case() -> None:
     assert "from_" in event.model_dump()["data"]
     delivered = parse_event(DOCS_SAMPLES["message.delivered"].encode())
     assert "deliveredAt" in delivered.model_dump(by_alias=True, mode="json")["data"]
+
+
+def test_python_dump_does_not_invent_absent_optional_fields() -> None:
+    payload = json.loads(DOCS_SAMPLES["message.delivered"])
+    del payload["data"]["deliveredAt"]
+    data = parse_event(body_of(payload)).model_dump()["data"]
+    assert "delivered_at" not in data and "deliveredAt" not in data
+
+
+def test_models_can_be_built_by_python_name_too() -> None:
+    """As users build events in their own tests; the wire names work as well."""
+    assert MessageReceivedData(id="m1", from_=PHONE).from_ == PHONE
+    assert MessageReceivedData.model_validate({"id": "m1", "from": PHONE}).from_ == PHONE
+    at = datetime(2026, 1, 30, tzinfo=timezone.utc)
+    delivered = MessageDeliveredData(id="m1", to=PHONE, status="delivered", delivered_at=at)
+    assert delivered.delivered_at == at
+
+
+def test_a_contact_without_tags_has_an_empty_list() -> None:
+    payload = json.loads(DOCS_SAMPLES["contact.created"])
+    del payload["data"]["tags"]
+    event = parse_event(body_of(payload))
+    assert isinstance(event, ContactCreated)
+    assert event.data.tags == []
+
+
+def test_an_unknown_event_type_of_200_characters_is_kept() -> None:
+    body = body_of({"event": "x" * 200, "timestamp": "2026-01-30T15:45:00Z", "data": {}})
+    assert parse_event(body).event == "x" * 200
+
+
+def test_the_json_schema_uses_the_wire_names() -> None:
+    schema = event_json_schema()
+    by_type = {
+        variant["properties"]["event"]["const"]: variant["properties"]["data"]["properties"]
+        for variant in schema["oneOf"]
+    }
+    assert sorted(by_type) == sorted(EVENT_TYPES)
+    assert "from" in by_type["message.received"] and "from_" not in by_type["message.received"]
+    assert "deliveredAt" in by_type["message.delivered"]
+    assert "readAt" in by_type["message.read"]
+    assert "$defs" not in json.dumps(schema) and "$ref" not in json.dumps(schema)
 
 
 def test_timestamp_without_offset_is_taken_as_utc() -> None:
@@ -486,6 +529,23 @@ INVALID_BODIES: list[Any] = [
         id="100k-nested-objects",
     ),
     pytest.param(b"[" * 100_000, id="100k-unclosed-arrays"),
+    pytest.param(
+        body_of(
+            {
+                **SAMPLE_PAYLOADS["message.failed"],
+                "data": {
+                    k: v
+                    for k, v in SAMPLE_PAYLOADS["message.failed"]["data"].items()
+                    if k != "error"
+                },
+            }
+        ),
+        id="failed-without-error",
+    ),
+    pytest.param(
+        body_of({"event": "x" * 201, "timestamp": "2026-01-30T15:45:00Z", "data": {}}),
+        id="event-type-over-200-characters",  # longer than the Django model's column
+    ),
 ]
 
 
