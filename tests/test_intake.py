@@ -36,6 +36,13 @@ class Recorder:
         self.gate = threading.Event()
         self.gate.set()
 
+    async def hold(self, intake: Intake[int, int], item: int) -> asyncio.Future[int]:
+        """Submit ``item`` and wait until its write is under way and held at the gate."""
+        self.gate.clear()
+        first = asyncio.ensure_future(intake.submit(item))
+        await asyncio.to_thread(self.entered.wait, WAIT)
+        return first
+
     def __call__(self, batch: list[int]) -> list[int | BaseException]:
         self.entered.set()
         self.gate.wait(10)
@@ -75,9 +82,7 @@ def test_requests_that_queue_during_a_write_share_the_next_one() -> None:
     intake: Intake[int, int] = Intake(write)
 
     async def scenario() -> list[object]:
-        write.gate.clear()  # the first write is held: the other 49 requests queue meanwhile
-        first = asyncio.ensure_future(intake.submit(0))
-        await asyncio.to_thread(write.entered.wait, 10)
+        first = await write.hold(intake, 0)  # the other 49 requests queue meanwhile
         rest = [asyncio.ensure_future(intake.submit(n)) for n in range(2, 100, 2)]
         await asyncio.sleep(0.05)
         write.gate.set()
@@ -119,9 +124,7 @@ def test_a_cancelled_request_does_not_disturb_the_others() -> None:
     intake: Intake[int, int] = Intake(write)
 
     async def scenario() -> list[int]:
-        write.gate.clear()
-        blocker = asyncio.ensure_future(intake.submit(0))
-        await asyncio.to_thread(write.entered.wait, WAIT)  # 2 and 4 queue behind it, together
+        blocker = await write.hold(intake, 0)  # 2 and 4 queue behind it, together
         doomed = asyncio.ensure_future(intake.submit(2))
         kept = asyncio.ensure_future(intake.submit(4))
         await asyncio.sleep(0)  # both are queued
@@ -281,9 +284,7 @@ def test_close_during_a_write_stops_that_thread_though_a_request_starts_another(
     intake: Intake[int, int] = Intake(write)
 
     async def scenario() -> tuple[list[int], float, bool]:
-        write.gate.clear()
-        first = asyncio.ensure_future(intake.submit(2))
-        await asyncio.to_thread(write.entered.wait, WAIT)
+        first = await write.hold(intake, 2)
         old = intake._thread
         assert old is not None
         closer = threading.Thread(target=intake.close, args=(WAIT,))
@@ -527,9 +528,7 @@ def test_close_writes_the_requests_queued_before_it() -> None:
     intake: Intake[int, int] = Intake(write)
 
     async def scenario() -> list[object]:
-        write.gate.clear()
-        first = asyncio.ensure_future(intake.submit(0))
-        await asyncio.to_thread(write.entered.wait, WAIT)
+        first = await write.hold(intake, 0)
         queued = [asyncio.ensure_future(intake.submit(n)) for n in (2, 4)]
         await asyncio.sleep(0.05)  # both wait behind the held write
         closing = asyncio.ensure_future(asyncio.to_thread(intake.close, WAIT))
@@ -593,9 +592,7 @@ def test_a_write_takes_at_most_max_batch_requests() -> None:
     intake: Intake[int, int] = Intake(write)
 
     async def scenario() -> None:
-        write.gate.clear()
-        first = asyncio.ensure_future(intake.submit(0))
-        await asyncio.to_thread(write.entered.wait, WAIT)
+        first = await write.hold(intake, 0)
         queued = [asyncio.ensure_future(intake.submit(2 * n)) for n in range(1, MAX_BATCH + 11)]
         await asyncio.sleep(0.05)
         write.gate.set()
