@@ -388,6 +388,47 @@ def test_next_due(store: Store) -> None:
     due = store.next_due()
     assert isinstance(due, datetime)
     assert abs((due - later).total_seconds()) < 0.001
+    now = utcnow()
+    store.add(record("b", next_attempt_at=now))  # the earliest, not the latest, is next
+    due = store.next_due()
+    assert due is not None and abs((due - now).total_seconds()) < 0.001
+
+
+def test_claim_takes_the_earliest_due_not_the_earliest_received(store: Store) -> None:
+    now = utcnow()
+    second = timedelta(seconds=1)
+    store.add(record("x", received_at=now - 10 * second, next_attempt_at=now - second))
+    store.add(record("y", received_at=now - 5 * second, next_attempt_at=now - 8 * second))
+    assert [r.event_id for r in store.claim("w", limit=1, lease=30)] == ["y"]
+
+
+def test_a_renewed_lease_that_lapses_makes_its_record_claimable_again(store: Store) -> None:
+    store.add(record("a"))
+    store.claim("w1", limit=1, lease=0.05)
+    store.renew("w1", ["a"], lease=0.1)
+    time.sleep(0.2)
+    assert store.next_due() is not None
+    [again] = store.claim("w2", limit=1, lease=30)
+    assert (again.event_id, again.attempts) == ("a", 2)
+
+
+def test_a_record_added_while_processing_has_no_next_attempt(store: Store) -> None:
+    """As inline mode adds its record: the lease's end is when it is due, not an attempt."""
+    now = utcnow()
+    store.add(
+        record(
+            "a",
+            status=Status.PROCESSING,
+            attempts=1,
+            lease_owner="inline",
+            lease_expires_at=now + timedelta(seconds=30),
+        )
+    )
+    kept = store.get("a")
+    assert kept is not None and kept.next_attempt_at is None
+    assert store.complete("a", "inline")
+    done = store.get("a")
+    assert done is not None and done.next_attempt_at is None
 
 
 def test_purge_removes_old_finished_records_only(store: Store) -> None:
@@ -406,6 +447,21 @@ def test_purge_removes_old_finished_records_only(store: Store) -> None:
     assert store.get("done") is None and store.get("failed") is None
     for kept in ("pending", "processing", "recent-done"):
         assert store.get(kept) is not None
+
+
+def test_purge_removes_every_old_record_in_one_call(store: Store) -> None:
+    old = utcnow() - timedelta(days=10)
+    store.add_many([record(f"d{n}", received_at=old, status=Status.DONE) for n in range(1200)])
+    assert store.purge(older_than=utcnow()) == 1200
+    assert store.counts()[Status.DONE] == 0
+
+
+def test_list_by_event_type_pages_with_the_offset(store: Store) -> None:
+    now = utcnow()
+    for n, (name, kind) in enumerate([("a1", "a.x"), ("b1", "b.x"), ("a2", "a.x"), ("a3", "a.x")]):
+        store.add(record(name, event_type=kind, received_at=now - timedelta(minutes=10 - n)))
+    pages = [store.list(event_type="a.x", limit=1, offset=n) for n in range(4)]
+    assert [[r.event_id for r in page] for page in pages] == [["a3"], ["a2"], ["a1"], []]
 
 
 def test_maintain_is_safe_on_every_store(store: Store) -> None:
