@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -992,3 +993,289 @@ def test_a_retry_due_at_once_settled_during_a_claim_runs_again_promptly() -> Non
         assert again and again[0] - first < 0.5
     finally:
         worker.close(5)
+
+
+# -- settings, retries, purges and outcomes ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"concurrency": 0}, {"lease_seconds": 0}, {"retry_delays": (30, -1)}],
+    ids=["no-thread", "no-lease", "negative-delay"],
+)
+def test_a_worker_setting_that_could_not_work_is_refused(setting: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Worker(MemoryStore(), lambda record: None, **setting)
+
+
+def test_each_retry_waits_its_own_delay() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=(0, 3600)) as webhooks:
+        webhooks.on("*")(lambda event: 1 / 0)
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+    assert record is not None and record.next_attempt_at is not None
+    assert (record.status, record.attempts) == (Status.PENDING, 2)
+    assert record.next_attempt_at > utcnow() + timedelta(minutes=59)  # the second delay
+
+
+def test_the_first_failing_handlers_error_is_kept() -> None:
+    def first(event: Event) -> None:
+        raise ValueError("first")
+
+    def second(event: Event) -> None:
+        raise KeyError("second")
+
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=()) as webhooks:
+        webhooks.on("*")(first)
+        webhooks.on("*")(second)
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+    assert record is not None and record.last_error == "ValueError: first"
+
+
+def test_a_stored_body_that_no_longer_parses_ends_failed_not_done() -> None:
+    store = MemoryStore()
+    store.add(Record("bad", "message.received", b"not json", utcnow()))
+    with WebhookReceiver(SECRET, store=store, retry_delays=()) as webhooks:
+        webhooks.start()
+        assert webhooks.drain(5)
+    record = store.get("bad")
+    assert record is not None and record.status is Status.FAILED and record.last_error
+
+
+class Fatal(BaseException):
+    """Not an Exception: what a handler's own ``KeyboardInterrupt`` subclass might be."""
+
+
+def test_a_handler_raising_a_base_exception_fails_its_event_but_not_the_worker() -> None:
+    seen: list[str] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=(), concurrency=1) as webhooks:
+
+        @webhooks.on("message.received")
+        def fatal(event: Event) -> None:
+            raise Fatal("out")
+
+        webhooks.on("contact.created")(lambda event: seen.append(event.event))
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        deliver(webhooks, "contact.created")
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+    assert record is not None
+    assert (record.status, record.last_error) == (Status.FAILED, "Fatal: out")
+    assert seen == ["contact.created"]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_handler_raising_cancelled_error_fails_like_any_other(kind: str) -> None:
+    seen: list[str] = []
+    hooked: list[str] = []
+
+    def cancelled(event: Event) -> None:
+        raise asyncio.CancelledError
+
+    async def cancelled_async(event: Event) -> None:
+        raise asyncio.CancelledError
+
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=()) as webhooks:
+        webhooks.on("*")(cancelled if kind == "sync" else cancelled_async)
+        webhooks.on("*")(lambda event: seen.append(event.event))
+        webhooks.on_error(lambda event, error: hooked.append(type(error).__name__))
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+    assert seen == ["message.received"] and hooked == ["CancelledError"]
+    assert record is not None and record.status is Status.FAILED
+
+
+def test_an_error_hook_that_raises_changes_nothing() -> None:
+    seen: list[str] = []
+
+    def failing(event: Event) -> None:
+        raise ValueError("a")
+
+    def hook(event: Event, error: BaseException) -> None:
+        raise RuntimeError("the error tracker is down")
+
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=()) as webhooks:
+        webhooks.on("*")(failing)
+        webhooks.on("*")(lambda event: seen.append(event.event))
+        webhooks.on_error(hook)
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        record = webhooks.store.get(event_id)
+    assert seen == ["message.received"]
+    assert record is not None and record.last_error == "ValueError: a"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def status_of(store: Store, event_id: str) -> Status | None:
+    record = store.get(event_id)
+    return None if record is None else record.status
+
+
+def test_a_record_retried_by_hand_runs_at_once_not_at_the_next_poll() -> None:
+    fixed = threading.Event()
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=()) as webhooks:
+        webhooks._worker._poll_interval = 60.0  # only a wake-up starts it within the test
+
+        @webhooks.on("*")
+        def buggy(event: Event) -> None:
+            if not fixed.is_set():
+                raise RuntimeError("bug")
+
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        fixed.set()
+        time.sleep(0.3)  # the worker goes idle
+        assert webhooks.retry(event_id)
+        assert wait_until(lambda: status_of(webhooks.store, event_id) is Status.DONE)
+
+
+def test_a_retry_due_shortly_runs_when_due_not_at_the_next_poll() -> None:
+    runs: list[float] = []
+
+    def process(record: Record) -> str | None:
+        runs.append(time.monotonic())
+        return "boom" if len(runs) == 1 else None
+
+    store = MemoryStore()
+    worker = Worker(store, process, poll_interval=60.0, retry_delays=(0.3,))
+    worker.start()
+    try:
+        add_due(store, "a")
+        worker.wake()
+        assert wait_until(lambda: len(runs) == 2)
+    finally:
+        worker.close(5)
+    assert runs[1] - runs[0] >= 0.3
+
+
+def test_purge_runs_again_every_purge_interval() -> None:
+    store = MemoryStore()
+    worker = Worker(store, lambda record: None, purge_interval=0.2)
+    worker.start()
+    try:
+        time.sleep(0.4)  # past the purge at start
+        old = utcnow() - timedelta(days=8)
+        store.add(Record("old", "message.sent", b"{}", old, status=Status.DONE))
+        assert wait_until(lambda: store.get("old") is None)
+    finally:
+        worker.close(5)
+
+
+def test_closing_an_idle_worker_stops_every_thread_at_once() -> None:
+    worker = Worker(MemoryStore(), lambda record: None, concurrency=4, poll_interval=60.0)
+    worker.start()
+    threads = list(worker._threads)
+    time.sleep(0.3)  # every handler thread idle, waiting up to a minute
+    began = time.monotonic()
+    worker.close(20)
+    assert time.monotonic() - began < 10
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def test_a_quick_record_is_marked_done_while_a_slow_one_claimed_with_it_runs() -> None:
+    release = threading.Event()
+
+    def process(record: Record) -> None:
+        if record.event_id == "slow":
+            release.wait(20)
+
+    store = MemoryStore()
+    worker = Worker(store, process, concurrency=1, poll_interval=60.0)
+    worker.start()
+    try:
+        for n in range(50):  # quick runs: the next claim takes both records at once
+            add_due(store, f"warm-{n}")
+        worker.wake()
+        assert worker.drain(10)
+        now = utcnow()
+        store.add(Record("quick", "m", b"{}", now - timedelta(seconds=2)))
+        store.add(Record("slow", "m", b"{}", now - timedelta(seconds=1)))
+        worker.wake()
+        assert wait_until(lambda: status_of(store, "quick") is Status.DONE)
+        assert status_of(store, "slow") is Status.PROCESSING
+    finally:
+        release.set()
+        worker.close(5)
+
+
+class HiccupStore(MemoryStore):
+    """A MemoryStore whose ``method`` raises once when a worker thread calls it."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__()
+        self.method = method
+        self.failed = False
+        self.maintained = 0
+
+    def _hiccup(self, name: str) -> None:
+        worker_thread = threading.current_thread().name.startswith("aerostic-webhooks")
+        if name == self.method and worker_thread and not self.failed:
+            self.failed = True
+            raise ConnectionError("the store hiccupped")
+
+    def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
+        self._hiccup("claim")
+        return super().claim(owner, limit=limit, lease=lease)
+
+    def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+        self._hiccup("renew")
+        super().renew(owner, event_ids, lease=lease)
+
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        self._hiccup("complete_many")
+        return super().complete_many(owner, event_ids)
+
+    def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:
+        self._hiccup("reschedule")
+        return super().reschedule(event_id, owner, at=at, error=error)
+
+    def purge(self, *, older_than: datetime) -> int:
+        self._hiccup("purge")
+        return super().purge(older_than=older_than)
+
+    def next_due(self) -> datetime | None:
+        self._hiccup("next_due")
+        return super().next_due()
+
+    def maintain(self) -> None:
+        self.maintained += 1
+        self._hiccup("maintain")
+
+
+@pytest.mark.parametrize(
+    "method", ["claim", "renew", "complete_many", "reschedule", "purge", "next_due", "maintain"]
+)
+def test_one_store_error_stops_no_worker_thread(method: str) -> None:
+    store = HiccupStore(method)
+    runs: list[str] = []
+    with WebhookReceiver(
+        SECRET, store=store, concurrency=1, retry_delays=(0, 0, 0), lease_seconds=0.3
+    ) as webhooks:
+
+        @webhooks.on("*")
+        def first_run_of_e1_fails(event: Event) -> None:
+            runs.append(event.data.id)
+            if runs == ["e1"]:
+                time.sleep(0.25)  # across a lease renewal
+                raise RuntimeError("first run fails")
+
+        ids = [deliver(webhooks, id="e1")]
+        time.sleep(0.3)
+        ids.append(deliver(webhooks, id="e2"))
+        assert wait_until(lambda: all(status_of(store, i) is Status.DONE for i in ids))
+        maintained = store.maintained
+        assert wait_until(lambda: store.maintained > maintained)  # housekeeping goes on
+    assert store.failed
