@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -274,6 +274,24 @@ def _interrupt(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, where they raise as usual.
+
+    Around a thread's start, so that a thread started is a thread joined; around the
+    clean-up, so that a second interrupt cannot skip half of it. (POSIX only; elsewhere the
+    block runs unprotected.)
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C: the server stops and the scratch inbox is removed.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -292,7 +310,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         server = _server(receiver, "127.0.0.1", port)
         thread = threading.Thread(target=server.run, name="aerostic-webhooks-demo", daemon=True)
         try:
-            thread.start()
+            with _interrupts_held():
+                thread.start()
             deadline = time.monotonic() + 20
             while not server.started and time.monotonic() < deadline and thread.is_alive():
                 time.sleep(0.02)
@@ -301,10 +320,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             rows = _demo_deliveries(receiver, secret, f"http://127.0.0.1:{port}{PATH}")
             drained = receiver.drain(timeout=20)
         finally:
-            server.should_exit = True
-            if thread.is_alive():  # not when an interrupt ended start() before the thread ran
-                thread.join(20)
-            receiver.close()
+            with _interrupts_held():
+                server.should_exit = True
+                if thread.is_alive():  # not when start() failed before the thread ran
+                    thread.join(20)
+                receiver.close()
     print(f"{'delivery':<32} {'expected':>8} {'answered':>8}  body")
     for name, expected, status, text in rows:
         mark = "" if status == expected else "   <- unexpected"

@@ -1301,3 +1301,40 @@ def test_demo_interrupted_before_its_server_thread_starts_exits_1_and_cleans_up(
     finally:
         signal.signal(signal.SIGTERM, handler)
     assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
+
+
+@needs_server
+def test_demo_interrupted_once_its_server_thread_exists_stops_and_joins_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal lands while ``start()`` waits for the new thread to say it runs: that thread
+    must be stopped and joined, not left to start the worker after the clean-up."""
+    from aerostic_webhooks import cli as module
+
+    start = threading.Thread.start
+    before = set(threading.enumerate())
+
+    def interrupted(thread: threading.Thread) -> None:
+        if thread.name == "aerostic-webhooks-demo":
+            started = getattr(thread, "_started", None)  # CPython's: start() waits on it
+            if started is None:
+                pytest.skip("this Python's Thread has no _started event to interrupt")
+            wait = started.wait
+
+            def signalled(timeout: float | None = None) -> bool:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return bool(wait(timeout))
+
+            started.wait = signalled
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert module.main(["demo"]) == 1
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not [name for name in left if name.startswith("aerostic-webhooks")], left
+    assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
