@@ -33,8 +33,14 @@ def lowest(*names: str) -> list[str]:
     return [f"{name}=={LOWEST[name]}" for name in names]
 
 
-# The oldest Python that pyproject.toml's requires-python admits.
+# The oldest Python that pyproject.toml's requires-python admits, and every Python it lists.
 OLDEST_PYTHON = "3.10"
+MATRIX_PYTHONS = {
+    "python310": "3.10",
+    "python311": "3.11",
+    "python312": "3.12",
+    "python313": "3.13",
+}
 
 # Flask 2.3 asks for Werkzeug>=2.3 and is tested with that oldest Werkzeug.
 FLASK_OLDEST = [*lowest("flask"), "werkzeug==2.3"]
@@ -93,10 +99,7 @@ MATRIX = {
     "django6": Entry(["django>=6,<7"], DJANGO, python="3.12"),
     # The newest release of everything, the whole suite (Django 5.2 on Python 3.10 and 3.11),
     # on each supported Python.
-    "python310": Entry([], EVERYTHING, python="3.10"),
-    "python311": Entry([], EVERYTHING, python="3.11"),
-    "python312": Entry([], EVERYTHING, python="3.12"),
-    "python313": Entry([], EVERYTHING, python="3.13"),
+    **{name: Entry([], EVERYTHING, python=version) for name, version in MATRIX_PYTHONS.items()},
 }
 
 

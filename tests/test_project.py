@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import configparser
 import re
 import subprocess
 import sys
@@ -138,14 +139,30 @@ def test_the_version_matrix_runs_every_python_pyproject_states() -> None:
     assert oldest is not None
     listed = re.findall(r'"Programming Language :: Python :: (3\.[0-9]+)"', pyproject)
     assert listed and listed[0] == oldest.group(1), "the classifiers start at requires-python"
-    assert noxfile_value("OLDEST_PYTHON") == oldest.group(1)  # nox -s oldest, in CI
-    noxfile = (ROOT / "noxfile.py").read_text()
-    tox = (ROOT / "tox.ini").read_text()
-    oldest_env = tox.split("[testenv:oldest]", 1)[1].split("\n[", 1)[0]
-    assert f"base_python = python{oldest.group(1)}" in oldest_env
-    for version in listed:
-        entry = f"python{version.replace('.', '')}"
-        assert f'"{entry}": Entry([], EVERYTHING, python="{version}")' in noxfile, entry
-        assert f"[testenv:{entry}]\n" in tox and f"base_python = python{version}\n" in tox
-    newest = f"matrix(python{listed[-1].replace('.', '')})"
-    assert newest in (ROOT / ".ci" / "run").read_text(), f".ci/run does not run {newest}"
+    entries = {f"python{version.replace('.', '')}": version for version in listed}
+    # noxfile.py: an entry per Python, no other, and `oldest` on the oldest.
+    matrix = noxfile_value("MATRIX_PYTHONS")
+    assert matrix == entries
+    assert noxfile_value("OLDEST_PYTHON") == oldest.group(1)
+    noxfile = ast.parse((ROOT / "noxfile.py").read_text())
+    (session,) = [n for n in noxfile.body if isinstance(n, ast.FunctionDef) and n.name == "oldest"]
+    keywords = [k for d in session.decorator_list if isinstance(d, ast.Call) for k in d.keywords]
+    assert [(k.arg, ast.unparse(k.value)) for k in keywords] == [("python", "OLDEST_PYTHON")]
+    # tox.ini: the same environments, each section on its own Python.
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    pythons = {
+        section.removeprefix("testenv:"): tox[section].get("base_python")
+        for section in tox.sections()
+        if re.fullmatch(r"testenv:python[0-9]+", section)
+    }
+    assert pythons == {entry: f"python{version}" for entry, version in entries.items()}
+    assert tox["testenv:oldest"]["base_python"] == f"python{oldest.group(1)}"
+    # .ci/run: nox runs `oldest` and the newest Python's entry (not in a comment).
+    commands = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if "bin/nox " in line and not line.lstrip().startswith("#")
+    ]
+    newest = max(entries, key=lambda entry: tuple(map(int, entries[entry].split("."))))
+    assert len(commands) == 1 and f'-s oldest "matrix({newest})"' in commands[0], commands
