@@ -532,12 +532,17 @@ def test_close_writes_the_requests_queued_before_it() -> None:
         queued = [asyncio.ensure_future(intake.submit(n)) for n in (2, 4)]
         await asyncio.sleep(0.05)  # both wait behind the held write
         closing = asyncio.ensure_future(asyncio.to_thread(intake.close, WAIT))
-        await asyncio.sleep(0.05)  # close's stop mark is queued after them
+        while intake._thread is not None:  # close() has queued its stop mark after them
+            await asyncio.sleep(0.01)
         write.gate.set()
         await closing
         return list(await asyncio.gather(first, *queued))
 
-    assert run(scenario()) == [0, 20, 40]
+    try:
+        assert run(scenario()) == [0, 20, 40]
+    finally:
+        write.gate.set()
+        intake.close()
     assert write.batches == [[0], [2, 4]]
 
 

@@ -100,11 +100,11 @@ def test_running_out_of_memory_while_reading_is_not_a_bad_payload() -> None:
 
 def test_a_body_the_server_cannot_deliver_is_an_invalid_payload() -> None:
     def read(size: int) -> bytes:
-        raise OSError("client went away mid-body")
+        raise ConnectionResetError("client went away mid-body")
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b"{"
-        raise OSError("client went away mid-body")
+        raise ConnectionResetError("client went away mid-body")
 
     with pytest.raises(InvalidPayload):
         read_limited(read, 100)

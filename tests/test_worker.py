@@ -1143,12 +1143,22 @@ def test_a_retry_due_shortly_runs_when_due_not_at_the_next_poll() -> None:
     assert runs[1] - runs[0] >= 0.3
 
 
+class PurgeCountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.purges = 0
+
+    def purge(self, *, older_than: datetime) -> int:
+        self.purges += 1
+        return super().purge(older_than=older_than)
+
+
 def test_purge_runs_again_every_purge_interval() -> None:
-    store = MemoryStore()
+    store = PurgeCountingStore()
     worker = Worker(store, lambda record: None, purge_interval=0.2)
     worker.start()
     try:
-        time.sleep(0.4)  # past the purge at start
+        assert wait_until(lambda: store.purges >= 1)  # the purge at start is done
         old = utcnow() - timedelta(days=8)
         store.add(Record("old", "message.sent", b"{}", old, status=Status.DONE))
         assert wait_until(lambda: store.get("old") is None)
@@ -1169,23 +1179,24 @@ def test_closing_an_idle_worker_stops_every_thread_at_once() -> None:
 
 def test_a_quick_record_is_marked_done_while_a_slow_one_claimed_with_it_runs() -> None:
     release = threading.Event()
+    slow_started = threading.Event()
 
     def process(record: Record) -> None:
         if record.event_id == "slow":
+            slow_started.set()
             release.wait(20)
 
-    store = MemoryStore()
+    store = CountingStore()
     worker = Worker(store, process, concurrency=1, poll_interval=60.0)
     worker.start()
     try:
-        for n in range(50):  # quick runs: the next claim takes both records at once
-            add_due(store, f"warm-{n}")
-        worker.wake()
-        assert worker.drain(10)
+        worker._run_seconds = 1e-6  # records have run quickly lately: one claim takes both
         now = utcnow()
         store.add(Record("quick", "m", b"{}", now - timedelta(seconds=2)))
         store.add(Record("slow", "m", b"{}", now - timedelta(seconds=1)))
         worker.wake()
+        assert slow_started.wait(10)
+        assert store.claims == [2]
         assert wait_until(lambda: status_of(store, "quick") is Status.DONE)
         assert status_of(store, "slow") is Status.PROCESSING
     finally:
@@ -1201,6 +1212,7 @@ class HiccupStore(MemoryStore):
         self.method = method
         self.failed = False
         self.maintained = 0
+        self.renewing = threading.Event()
 
     def _hiccup(self, name: str) -> None:
         worker_thread = threading.current_thread().name.startswith("aerostic-webhooks")
@@ -1213,6 +1225,7 @@ class HiccupStore(MemoryStore):
         return super().claim(owner, limit=limit, lease=lease)
 
     def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+        self.renewing.set()
         self._hiccup("renew")
         super().renew(owner, event_ids, lease=lease)
 
@@ -1251,7 +1264,7 @@ def test_one_store_error_stops_no_worker_thread(method: str) -> None:
         def first_run_of_e1_fails(event: Event) -> None:
             runs.append(event.data.id)
             if runs == ["e1"]:
-                time.sleep(0.25)  # across a lease renewal
+                store.renewing.wait(10)  # a lease renewal while it runs
                 raise RuntimeError("first run fails")
 
         ids = [deliver(webhooks, id="e1")]
