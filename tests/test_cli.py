@@ -1278,22 +1278,24 @@ def test_demo_stopped_by_sigterm_removes_its_scratch_inbox(tmp_path: Path) -> No
     assert list(scratch.iterdir()) == [], "the demo left its scratch inbox behind"
 
 
-@needs_server
-def test_demo_interrupted_before_its_server_thread_starts_exits_1_and_cleans_up(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def demo_with_its_thread_started_by(
+    starter: Callable[[threading.Thread, Callable[[threading.Thread], None]], None],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A signal can land inside ``Thread.start()``: the demo must not then join a thread that
-    never started (``RuntimeError``, a traceback) and must still remove its scratch inbox."""
+    """Run ``demo`` in this process, its server thread started by ``starter(thread, start)``;
+    it must exit 1 and leave no scratch inbox behind."""
     from aerostic_webhooks import cli as module
 
     start = threading.Thread.start
 
-    def interrupted(thread: threading.Thread) -> None:
+    def starting(thread: threading.Thread) -> None:
         if thread.name == "aerostic-webhooks-demo":
-            raise KeyboardInterrupt  # as _interrupt raises it on SIGTERM
-        start(thread)
+            starter(thread, start)
+        else:
+            start(thread)
 
-    monkeypatch.setattr(threading.Thread, "start", interrupted)
+    monkeypatch.setattr(threading.Thread, "start", starting)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     handler = signal.getsignal(signal.SIGTERM)
     try:
@@ -1301,6 +1303,19 @@ def test_demo_interrupted_before_its_server_thread_starts_exits_1_and_cleans_up(
     finally:
         signal.signal(signal.SIGTERM, handler)
     assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
+
+
+@needs_server
+def test_demo_interrupted_before_its_server_thread_starts_exits_1_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal can land inside ``Thread.start()``: the demo must not then join a thread that
+    never started (``RuntimeError``, a traceback) and must still remove its scratch inbox."""
+
+    def interrupted(thread: threading.Thread, start: Callable[[threading.Thread], None]) -> None:
+        raise KeyboardInterrupt  # as _interrupt raises it on SIGTERM
+
+    demo_with_its_thread_started_by(interrupted, tmp_path, monkeypatch)
 
 
 @needs_server
@@ -1309,32 +1324,21 @@ def test_demo_interrupted_once_its_server_thread_exists_stops_and_joins_it(
 ) -> None:
     """The signal lands while ``start()`` waits for the new thread to say it runs: that thread
     must be stopped and joined, not left to start the worker after the clean-up."""
-    from aerostic_webhooks import cli as module
-
-    start = threading.Thread.start
     before = set(threading.enumerate())
 
-    def interrupted(thread: threading.Thread) -> None:
-        if thread.name == "aerostic-webhooks-demo":
-            started = getattr(thread, "_started", None)  # CPython's: start() waits on it
-            if started is None:
-                pytest.skip("this Python's Thread has no _started event to interrupt")
-            wait = started.wait
+    def interrupted(thread: threading.Thread, start: Callable[[threading.Thread], None]) -> None:
+        started = getattr(thread, "_started", None)  # CPython's: start() waits on it
+        if started is None:
+            pytest.skip("this Python's Thread has no _started event to interrupt")
+        wait = started.wait
 
-            def signalled(timeout: float | None = None) -> bool:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return bool(wait(timeout))
+        def signalled(timeout: float | None = None) -> bool:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return bool(wait(timeout))
 
-            started.wait = signalled
+        started.wait = signalled
         start(thread)
 
-    monkeypatch.setattr(threading.Thread, "start", interrupted)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        assert module.main(["demo"]) == 1
-    finally:
-        signal.signal(signal.SIGTERM, handler)
+    demo_with_its_thread_started_by(interrupted, tmp_path, monkeypatch)
     left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not [name for name in left if name.startswith("aerostic-webhooks")], left
-    assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
