@@ -175,9 +175,7 @@ def test_finished_records_are_kept_seven_days_by_default() -> None:
         store.add(Record(event_id, "message.sent", b"{}", now - age, status=Status.DONE))
     with WebhookReceiver(SECRET, store=store) as webhooks:
         webhooks.start()  # the worker purges once as it starts
-        deadline = time.monotonic() + 5
-        while store.get("old") is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: store.get("old") is None, 5)
     assert store.get("old") is None
     assert store.get("recent") is not None
 
@@ -341,9 +339,7 @@ def test_a_start_while_close_waits_leaves_no_thread_of_the_first_start_behind() 
     before = set(threading.enumerate())
     worker.start()
     worker.wake()
-    deadline = time.monotonic() + 5
-    while not store.list(status=Status.PROCESSING) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: bool(store.list(status=Status.PROCESSING)), 5)
     closer = threading.Thread(target=worker.close, args=(5.0,))
     closer.start()
     time.sleep(0.2)  # close() waits for the running handler
@@ -421,9 +417,7 @@ def test_retention_purges_finished_records_only() -> None:
         )
     with WebhookReceiver(SECRET, store=store, retention=timedelta(days=7)) as webhooks:
         webhooks.start()
-        deadline = time.monotonic() + 5
-        while store.get("old-done") is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: store.get("old-done") is None, 5)
     assert store.get("old-done") is None
     assert store.get("old-failed") is None
     assert store.get("old-pending") is not None
@@ -715,9 +709,7 @@ def test_a_lapsed_lease_taken_up_by_another_thread_is_settled_by_that_run_only()
             second_may_finish.wait(5)
 
         event_id = deliver(webhooks)
-        deadline = time.monotonic() + 5
-        while len(runs) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(runs) >= 2, 5)
         assert runs == [1, 2]  # the second thread took the lapsed record up
         stalled.clear()  # renewals work again: the second run keeps its lease
         release.set()  # the first run now fails and tries to settle, mid-way through the second
@@ -779,6 +771,7 @@ class CountingStore(MemoryStore):
         self.claims: list[int] = []
         self.empty_claims = 0
         self.completions: list[int] = []
+        self.purges = 0
 
     def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
         claimed = super().claim(owner, limit=limit, lease=lease)
@@ -791,6 +784,10 @@ class CountingStore(MemoryStore):
     def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
         self.completions.append(len(event_ids))
         return super().complete_many(owner, event_ids)
+
+    def purge(self, *, older_than: datetime) -> int:
+        self.purges += 1
+        return super().purge(older_than=older_than)
 
 
 def record_without_processing(webhooks: WebhookReceiver, ids: Sequence[str]) -> None:
@@ -837,15 +834,11 @@ def test_a_slow_record_does_not_hold_back_the_quick_ones_claimed_with_it() -> No
         record_without_processing(webhooks, ["slow", *(f"q{i}" for i in range(20))])
         try:
             assert started.wait(5)  # the worker's next poll claimed them all
-            deadline = time.monotonic() + 0.5  # well before the next poll
-            while len(quick) < 20 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: len(quick) >= 20, 0.5)  # well before the next poll
             # The quick records ran on the other thread, and are marked done, while the
             # slow one still holds its thread.
             assert sorted(quick) == sorted(f"q{i}" for i in range(20))
-            deadline = time.monotonic() + 3
-            while store.counts()[Status.DONE] < 220 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: store.counts()[Status.DONE] >= 220, 3)
             assert store.counts()[Status.DONE] == 220
             assert store.counts()[Status.PROCESSING] == 1
         finally:
@@ -1000,9 +993,7 @@ def test_a_retry_due_at_once_settled_during_a_claim_runs_again_promptly() -> Non
     try:
         add_due(store, "fails once")
         worker.wake()
-        deadline = time.monotonic() + 5
-        while len(runs.get("fails once", [])) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: len(runs.get("fails once", [])) >= 2, 5)
         first, *again = runs["fails once"]
         assert again and again[0] - first < 0.5
     finally:
@@ -1143,18 +1134,8 @@ def test_a_retry_due_shortly_runs_when_due_not_at_the_next_poll() -> None:
     assert runs[1] - runs[0] >= 0.3
 
 
-class PurgeCountingStore(MemoryStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.purges = 0
-
-    def purge(self, *, older_than: datetime) -> int:
-        self.purges += 1
-        return super().purge(older_than=older_than)
-
-
 def test_purge_runs_again_every_purge_interval() -> None:
-    store = PurgeCountingStore()
+    store = CountingStore()
     worker = Worker(store, lambda record: None, purge_interval=0.2)
     worker.start()
     try:
