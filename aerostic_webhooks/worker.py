@@ -168,6 +168,8 @@ class Worker:
         self._drained_at = -float("inf")
         # Handled records not yet marked done in the store, from any thread; see _complete.
         self._done: list[Record] = []
+        # Handled records a failed store call did not mark done; housekeeping tries again.
+        self._unsettled: list[Record] = []
         # Seconds a record takes to run and settle, a moving average; pessimistic at first.
         self._run_seconds = 1.0
         self._idle = 0
@@ -456,20 +458,45 @@ class Worker:
             return
         with self._changed:
             records, self._done = self._done, []
-        by_owner: dict[str, list[str]] = {}
+        self._settle(records, retrying=False)
+
+    def _complete_unsettled(self) -> None:
+        """Try again to mark done what a failed store call left handled but not recorded."""
+        if not self._unsettled:
+            return
+        with self._changed:
+            records, self._unsettled = self._unsettled, []
+        self._settle(records, retrying=True)
+
+    def _settle(self, records: list[Record], *, retrying: bool) -> None:
+        """Mark ``records`` done; those the store call failed for stay leased and are retried.
+
+        Left to lapse, their leases would have them run again, and a record on its last
+        attempt would end failed although its handler succeeded.
+        """
+        unsettled: dict[str, list[Record]] = {}
         for record in records:
-            by_owner.setdefault(record.lease_owner or self.owner, []).append(record.event_id)
+            unsettled.setdefault(record.lease_owner or self.owner, []).append(record)
+        settled: list[Record] = []
         try:
-            for owner, event_ids in by_owner.items():
-                self.store.complete_many(owner, event_ids)
+            for owner, owned in list(unsettled.items()):
+                self.store.complete_many(owner, [record.event_id for record in owned])
+                settled.extend(unsettled.pop(owner))
         except Exception:
-            logger.warning(
-                "could not mark %d handled records done; they run again when their leases end",
-                len(records),
+            left = [record for owned in unsettled.values() for record in owned]
+            with self._changed:
+                self._unsettled.extend(left)
+            logger.log(
+                logging.DEBUG if retrying else logging.WARNING,
+                "could not mark %d handled records done; trying again while their leases last",
+                len(left),
                 exc_info=True,
             )
+        except BaseException:
+            settled = records  # this thread is going down: leave them to their leases
+            raise
         finally:
-            self._forget(records)
+            self._forget(settled)
 
     def _forget(self, records: Sequence[Record]) -> None:
         """Settled records are no longer this worker's to renew or wait for."""
@@ -524,8 +551,11 @@ class Worker:
                     self._purge()
                     next_purge = now + self._purge_interval
                 self._complete()  # what a thread that went on to a slow handler left behind
+                self._complete_unsettled()
                 self._maintain()
             finished.wait(min(self._lease / 3, _MAINTAIN_INTERVAL))
+        with self._context():
+            self._complete_unsettled()  # a last try, once every handler thread has stopped
 
     def _maintain(self) -> None:
         try:

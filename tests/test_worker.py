@@ -1255,3 +1255,52 @@ def test_one_store_error_stops_no_worker_thread(method: str) -> None:
         maintained = store.maintained
         assert wait_until(lambda: store.maintained > maintained)  # housekeeping goes on
     assert store.failed
+
+
+def test_a_success_the_store_failed_to_record_is_recorded_later_not_run_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = HiccupStore("complete_many")
+    runs: list[str] = []
+    # One attempt only, and a lease shorter than the test: had the record been left to its
+    # lease, it would come back with its attempts spent and end failed.
+    with WebhookReceiver(SECRET, store=store, retry_delays=(), lease_seconds=0.3) as webhooks:
+
+        @webhooks.on("*")
+        def handle(event: Event) -> None:
+            runs.append(event.data.id)
+
+        event_id = deliver(webhooks, id="e1")
+        assert wait_until(lambda: status_of(store, event_id) is Status.DONE)
+        time.sleep(0.5)  # past the lease
+        assert webhooks.drain(5)
+    assert store.failed
+    assert status_of(store, event_id) is Status.DONE
+    assert runs == ["e1"]
+    warnings = [r for r in caplog.records if "could not mark" in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING"]
+
+
+def test_close_records_a_success_the_store_failed_to_record() -> None:
+    class DownStore(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = threading.Event()
+            self.down.set()
+            self.refused = threading.Event()
+
+        def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+            if self.down.is_set():
+                self.refused.set()
+                raise ConnectionError("the store is down")
+            return super().complete_many(owner, event_ids)
+
+    store = DownStore()
+    with WebhookReceiver(SECRET, store=store, retry_delays=()) as webhooks:
+        webhooks.on("*")(lambda event: None)
+        event_id = deliver(webhooks)
+        assert store.refused.wait(10)
+        time.sleep(0.3)  # housekeeping tries again, and fails again
+        assert status_of(store, event_id) is Status.PROCESSING
+        store.down.clear()
+    assert status_of(store, event_id) is Status.DONE
