@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from datetime import timedelta
@@ -47,8 +47,9 @@ Headers = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[Any, Any]]
 #: servers hand them over; their lines are joined by commas, as a WSGI server joins them.
 #: Adapters add their framework's (the Starlette adapter adds Starlette's ``Headers``).
 SEPARATE_LINES: set[type] = set()
-Handler = Callable[[Any], Awaitable[None] | None]
-ErrorHook = Callable[[Any, BaseException], Awaitable[None] | None]
+# What a handler or hook returns is ignored, but for an awaitable, which is awaited.
+Handler = Callable[[Any], object]
+ErrorHook = Callable[[Any, BaseException], object]
 H = TypeVar("H", bound=Handler)
 T = TypeVar("T")
 E = TypeVar("E", bound=ErrorHook)
