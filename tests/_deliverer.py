@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aerostic_webhooks import Event, WebhookReceiver, sign
-from aerostic_webhooks.stores import SQLiteStore, Store
+from aerostic_webhooks.stores import SQLiteStore, Status, Store
 from aerostic_webhooks.testing import sample_body
 
 SECRET = "whsec_processes"
@@ -85,7 +85,7 @@ def recover(args: argparse.Namespace) -> None:
     while time.monotonic() < deadline:
         webhooks.drain(timeout=5)
         counts = webhooks.store.counts()
-        if counts["pending"] == 0 and counts["processing"] == 0:
+        if counts[Status.PENDING] == 0 and counts[Status.PROCESSING] == 0:
             break
         time.sleep(0.1)
     webhooks.close()

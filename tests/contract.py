@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aerostic_webhooks import sign
@@ -27,7 +28,7 @@ class Case:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     status: int = 200
-    json: dict[str, object] = field(default_factory=lambda: ACCEPTED)
+    json: Mapping[str, object] = field(default_factory=lambda: ACCEPTED)
 
 
 def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:

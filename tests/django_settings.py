@@ -54,7 +54,7 @@ DATABASES: dict[str, dict[str, object]] = {
         "OPTIONS": {"timeout": 20},
     },
 }
-POSTGRES = {
+POSTGRES: dict[str, object] = {
     "ENGINE": "django.db.backends.postgresql",
     "NAME": os.environ.get("AEROSTIC_TEST_PG_NAME", "test"),
     "USER": os.environ.get("AEROSTIC_TEST_PG_USER", "postgres"),

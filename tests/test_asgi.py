@@ -224,7 +224,12 @@ def test_lifespan_starts_and_drains_the_worker(
 ) -> None:
     seen: list[str] = []
     receiver = WebhookReceiver(SECRET, store=MemoryStore())
-    receiver.on("*")(lambda event: (time.sleep(0.2), seen.append(event.event)))
+
+    @receiver.on("*")
+    def slow(event: Event) -> None:
+        time.sleep(0.2)
+        seen.append(event.event)
+
     with TestClient(make_app(receiver)) as client:
         assert receiver._worker.running  # started at startup, before any delivery
         body = sample_body("contact.created")

@@ -705,7 +705,10 @@ def test_serve_answers_the_contract_handles_each_event_once_and_stops_on_sigterm
             )
 
         serve.wait_for(all_done, "done with the six events")
-        printed = lambda: all(handled_lines(serve.stdout(), e) for e in event_ids)  # noqa: E731
+
+        def printed() -> bool:
+            return all(handled_lines(serve.stdout(), e) for e in event_ids)
+
         with contextlib.suppress(AssertionError):
             serve.wait_for(printed, "printing the handled events", timeout=3)
         printed_while_running = printed()
@@ -788,14 +791,14 @@ def test_serve_skips_an_address_family_the_kernel_lacks(
             raise OSError(97, "Address family not supported by protocol")
         return real(family, *args)
 
-    monkeypatch.setattr(module.socket, "socket", no_ipv6)
+    monkeypatch.setattr(socket, "socket", no_ipv6)
     sockets = module._listen("", 0)  # the binding serve uses
     try:
         assert sockets and all(sock.family == socket.AF_INET for sock in sockets)
     finally:
         for sock in sockets:
             sock.close()
-    monkeypatch.setattr(module.socket, "socket", lambda *args: no_ipv6(socket.AF_INET6))
+    monkeypatch.setattr(socket, "socket", lambda *args: no_ipv6(socket.AF_INET6))
     with pytest.raises(module.CommandError, match="no address"):
         module._listen("127.0.0.1", 0)
 

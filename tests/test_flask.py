@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 
-flask = pytest.importorskip("flask", reason="Flask is not installed: pip install -e '.[flask]'")
+pytest.importorskip("flask", reason="Flask is not installed: pip install -e '.[flask]'")
 
-from werkzeug.test import create_environ, run_wsgi_app
+import flask
+import flask.json.provider
+import flask.testing
+from werkzeug.test import TestResponse, create_environ, run_wsgi_app
 
 from aerostic_webhooks import Event, MemoryStore, WebhookReceiver
 from aerostic_webhooks.flask import webhook_blueprint
@@ -68,7 +72,7 @@ def post_stream(
     return Answer(int(status.split()[0]), dict(response_headers), b"".join(app_iter))
 
 
-def assert_answer(response: flask.Response | Answer, case: Case) -> None:
+def assert_answer(response: TestResponse | Answer, case: Case) -> None:
     assert response.status_code == case.status, case.name
     assert response.headers["Content-Type"] == "application/json"
     assert json.loads(response.data) == case.json, case.name
@@ -143,7 +147,7 @@ def test_a_chunked_body_is_read_to_at_most_limit_plus_one(webhooks: WebhookRecei
 def test_never_touches_flask_json_or_form(
     webhooks: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def forbidden(*args: object, **kwargs: object) -> object:
+    def forbidden(*args: object, **kwargs: object) -> NoReturn:
         raise AssertionError("the adapter must not parse the body with Flask")
 
     monkeypatch.setattr(flask.Request, "get_json", forbidden)
@@ -151,8 +155,8 @@ def test_never_touches_flask_json_or_form(
     app = make_app(webhooks)
 
     class Provider(flask.json.provider.DefaultJSONProvider):
-        loads = staticmethod(forbidden)  # type: ignore[assignment]
-        dumps = staticmethod(forbidden)  # type: ignore[assignment]
+        loads = staticmethod(forbidden)
+        dumps = staticmethod(forbidden)
 
     app.json = Provider(app)
     body = sample("message.read")

@@ -59,7 +59,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coroutine, WAIT))
 
 
-async def submit_all(intake: Intake[int, int], items: Sequence[int]) -> list[object]:
+async def submit_all(intake: Intake[int, int], items: Sequence[int]) -> list[int | BaseException]:
     results = await asyncio.gather(*(intake.submit(n) for n in items), return_exceptions=True)
     return list(results)
 
@@ -106,7 +106,7 @@ def test_a_write_that_raises_refuses_the_whole_batch() -> None:
     finally:
         intake.close()
     assert all(isinstance(r, RuntimeError) for r in results), results
-    assert all(isinstance(r.__cause__, OSError) for r in results)  # type: ignore[union-attr]
+    assert all(isinstance(r, RuntimeError) and isinstance(r.__cause__, OSError) for r in results)
     assert len({id(r) for r in results}) == 3  # one each: a shared one would share a traceback
 
 
@@ -160,7 +160,7 @@ def test_an_outcome_a_future_refuses_fails_its_request_and_no_other() -> None:
 def test_requests_from_several_loops_are_each_answered_on_their_own() -> None:
     write = Recorder()
     intake: Intake[int, int] = Intake(write)
-    results: dict[int, list[object]] = {}
+    results: dict[int, list[int | BaseException]] = {}
 
     def serve(offset: int) -> None:
         results[offset] = run(submit_all(intake, range(offset, offset + 40, 2)))
@@ -367,7 +367,8 @@ def test_an_add_many_with_a_broken_answer_is_503_not_500(answer: object) -> None
     class Broken(MemoryStore):
         blocking = True
 
-        def add_many(self, records: Sequence[Record]) -> object:
+        # Deliberately not a list[bool]: how the receiver copes with a broken store.
+        def add_many(self, records: Sequence[Record]) -> object:  # type: ignore[override]
             return answer
 
     with WebhookReceiver(SECRET, store=Broken(), process="external") as receiver:
@@ -407,7 +408,8 @@ def test_sqlite_add_many_is_one_transaction(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "inbox.sqlite3")
     now = utcnow()
     good = Record("a", "message.received", b"{}", now, next_attempt_at=now)
-    bad = good._replace(event_id="b", body=object())  # SQLite cannot bind it: the insert fails
+    # Deliberately not bytes: SQLite cannot bind it, so the insert fails.
+    bad = good._replace(event_id="b", body=object())  # type: ignore[arg-type]
     with pytest.raises(StoreUnavailable):
         store.add_many([good, bad])
     assert store.get("a") is None  # rolled back with the failed one

@@ -81,8 +81,6 @@ def test_two_first_holds_in_a_forked_child_share_one_fresh_keeper(
 ) -> None:
     """Two request threads of a new gunicorn worker hold at once: neither may use the
     parent's state while the other is replacing it."""
-    from aerostic_webhooks import leases
-
     store = Renewals()
     keeper = LeaseKeeper(store, "owner", lease_seconds=0.3)  # type: ignore[arg-type]
     with keeper.holding("before the fork"):
@@ -95,7 +93,7 @@ def test_two_first_holds_in_a_forked_child_share_one_fresh_keeper(
             time.sleep(0.05)  # widens the window in which the state is being replaced
             return real(*args)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(leases.threading, "Condition", slow_condition)
+        monkeypatch.setattr(threading, "Condition", slow_condition)
         store.calls.clear()
 
         def hold(event_id: str) -> None:

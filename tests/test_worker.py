@@ -335,7 +335,9 @@ def test_a_start_while_close_waits_leaves_no_thread_of_the_first_start_behind() 
     release = threading.Event()
     store = MemoryStore()
     store.add(Record("e1", "message.received", sample_body("message.received"), utcnow()))
-    worker = Worker(store, lambda record: release.wait(5) and None, concurrency=1)
+    worker = Worker(
+        store, lambda record: None if release.wait(5) else "not released", concurrency=1
+    )
     before = set(threading.enumerate())
     worker.start()
     worker.wake()
