@@ -276,20 +276,30 @@ def _interrupt(signum: int, frame: object) -> NoReturn:
 
 @contextlib.contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, where they raise as usual.
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them as usual.
 
     Around a thread's start, so that a thread started is a thread joined; around the
-    clean-up, so that a second interrupt cannot skip half of it. (POSIX only; elsewhere the
-    block runs unprotected.)
+    clean-up, so that a second interrupt cannot skip half of it. The Python handlers are
+    swapped, not the thread's signal mask: the kernel may hand a signal to any thread that
+    does not block it, and Python runs its handler in the main thread all the same.
     """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = [(signum, signal.signal(signum, hold)) for signum in held]
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for signum, handler in previous:
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
