@@ -120,7 +120,7 @@ def lint(session: nox.Session) -> None:
     session.install("-e", ".[all,test]", "ruff==0.17.6", "mypy==2.4.1", "django-stubs==6.1.2")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    session.run("mypy", "--strict", "aerostic_webhooks")
+    session.run("mypy", "--strict", "aerostic_webhooks", "tests", "examples", "bench")
 
 
 @nox.session
