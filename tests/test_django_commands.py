@@ -165,6 +165,33 @@ def test_worker_processes_recorded_events_and_stops_on_sigterm(db: Path, tmp_pat
     assert PHONE not in log
 
 
+def test_worker_stops_cleanly_on_ctrl_c(db: Path, tmp_path: Path) -> None:
+    stdout, stderr = tmp_path / "worker.out", tmp_path / "worker.err"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        worker = subprocess.Popen(
+            [sys.executable, str(PROJECT / "manage.py"), "aerostic_webhooks_worker"],
+            env=environment(db),
+            cwd=PROJECT,
+            stdout=out,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "worker started" not in stdout.read_text() and time.monotonic() < deadline:
+            assert worker.poll() is None, stdout.read_text() + stderr.read_text()
+            time.sleep(0.1)
+        worker.send_signal(signal.SIGINT)
+        returncode = worker.wait(15)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    output, log = stdout.read_text(), stderr.read_text()
+    assert returncode == 0, output + log
+    assert "aerostic_webhooks worker stopped" in output, output + log
+    assert "Traceback" not in log, log
+
+
 def test_purge_deletes_done_and_failed_events_past_retention(db: Path) -> None:
     env = environment(db)
     names = ["old-done", "old-failed", "old-pending", "new-done"]
