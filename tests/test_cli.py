@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import http.client
+import http.server
 import importlib.util
 import itertools
 import json
@@ -533,6 +534,35 @@ def test_send_with_a_wrong_secret_reports_401_and_exits_1(
     assert entries == [{"refused": "InvalidSignature"}] * 2
 
 
+def test_send_exits_1_when_any_delivery_is_refused(tmp_path: Path) -> None:
+    """Some deliveries accepted and some refused is a failure, not a success."""
+    answers = iter([200, 503])
+
+    class OneOfEach(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(next(answers, 503))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), OneOfEach) as server:
+        serving = threading.Thread(target=server.serve_forever)
+        serving.start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}{WEBHOOK_PATH}"
+            args = ("send", "message.sent", "--url", url, "--secret", SECRET, "--count", "2")
+            result = cli(*args, cwd=tmp_path)
+        finally:
+            server.shutdown()
+            serving.join()
+    assert result.returncode == 1, result
+    [summary] = summary_lines(result)
+    assert "1 failed" in summary, result
+
+
 def test_send_to_an_unreachable_url_is_one_error_line(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}{WEBHOOK_PATH}"
     result = cli(
@@ -748,6 +778,47 @@ def test_serve_default_inbox_is_in_the_current_directory_and_sigint_stops_it(
     assert serve.process.returncode == 0, f"exit {serve.process.returncode} on SIGINT\n{serve}"
 
 
+@needs_server
+def test_serve_accepts_every_secret_given_while_rotating(tmp_path: Path) -> None:
+    db, port = tmp_path / "serve.sqlite3", free_port()
+    args = command("serve", "--secret", "whsec_new", "--secret", SECRET, "--port", str(port))
+    with background([*args, "--db", str(db)], cwd=tmp_path, logs=tmp_path) as serve:
+        serve.wait_listening(port)
+        answers = []
+        for n, secret in enumerate(["whsec_new", SECRET]):
+            body = sample_body("message.sent", id=f"msg_{n}")
+            answers.append(post(port, WEBHOOK_PATH, body, headers_for(body, secret))[0])
+        serve.stop()
+    assert answers == [200, 200], serve
+    assert serve.process.returncode == 0, serve
+
+
+@needs_server
+def test_serve_default_inbox_is_aerostic_webhooks_db_when_set(tmp_path: Path) -> None:
+    cwd, db, port = tmp_path / "cwd", tmp_path / "from-env.sqlite3", free_port()
+    cwd.mkdir()
+    env = environment(AEROSTIC_WEBHOOKS_DB=str(db))
+    args = command("serve", "--secret", SECRET, "--port", str(port))
+    with background(args, cwd=cwd, logs=tmp_path, env=env) as serve:
+        serve.wait_listening(port)
+        body = sample_body("message.sent")
+        assert post(port, WEBHOOK_PATH, body, headers_for(body))[:2] == (200, ACCEPTED.encode())
+        serve.stop()
+    assert serve.process.returncode == 0, serve
+    assert [record.body for record in snapshot(db).values()] == [body]
+    assert list(cwd.iterdir()) == [], "an inbox was made in the current directory"
+
+
+def test_serve_with_an_inbox_it_cannot_create_is_one_error_line(tmp_path: Path) -> None:
+    db = tmp_path / "absent" / "inbox.sqlite3"
+    result = cli(
+        "serve", "--secret", SECRET, "--port", str(free_port()), "--db", str(db),
+        cwd=tmp_path, timeout=20,
+    )  # fmt: skip
+    line = assert_error(result, 1)
+    assert str(db) in line, result
+
+
 def test_serve_with_an_empty_secret_fails_at_start(tmp_path: Path) -> None:
     result = cli(
         "serve", "--secret", "", "--port", str(free_port()), "--db", str(tmp_path / "x.sqlite3"),
@@ -856,7 +927,7 @@ def test_serve_on_every_interface_listens_on_each_address(tmp_path: Path) -> Non
 # -- worker ---------------------------------------------------------------------------------
 
 WORKER_APP = """
-from aerostic_webhooks import SQLiteStore, WebhookReceiver
+from aerostic_webhooks import MemoryStore, SQLiteStore, WebhookReceiver
 
 receiver = WebhookReceiver({secret!r}, store=SQLiteStore({db!r}), retry_delays=())
 
@@ -868,6 +939,7 @@ def note(event):
 
 
 not_a_receiver = 42
+inline = WebhookReceiver({secret!r}, store=MemoryStore(), process="inline")
 """
 
 
@@ -928,12 +1000,51 @@ def test_worker_imports_the_app_from_the_current_directory_and_stops_on_sigint(
         "no_such_module_here:receiver",
         "worker_app:no_such_attribute",
         "worker_app:not_a_receiver",
+        "worker_app:inline",
     ],
-    ids=["no-colon", "missing-module", "missing-attribute", "not-a-receiver"],
+    ids=["no-colon", "missing-module", "missing-attribute", "not-a-receiver", "inline"],
 )
 def test_worker_with_a_bad_app_is_one_error_line(tmp_path: Path, app: str) -> None:
     worker_setup(tmp_path, [])
     assert_error(cli("worker", "--app", app, cwd=tmp_path, timeout=20), (1, 2))
+
+
+# A handler that runs until the test opens its gate (a file), so that it is running when the
+# worker is told to stop.
+GATED_APP = """
+import pathlib
+import time
+
+from aerostic_webhooks import SQLiteStore, WebhookReceiver
+
+receiver = WebhookReceiver({secret!r}, store=SQLiteStore({db!r}), retry_delays=())
+
+
+@receiver.on("*")
+def wait_for_the_gate(event):
+    pathlib.Path({started!r}).touch()
+    deadline = time.monotonic() + 20
+    while not pathlib.Path({gate!r}).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+"""
+
+
+def test_worker_stopped_while_a_handler_runs_lets_it_finish(tmp_path: Path) -> None:
+    db, _, ids = worker_setup(tmp_path, ["message.sent"])
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    app = GATED_APP.format(secret=SECRET, db=str(db), started=str(started), gate=str(gate))
+    (tmp_path / "gated_app.py").write_text(app)
+    args = command("worker", "--app", "gated_app:receiver")
+    with background(args, cwd=tmp_path, logs=tmp_path) as worker:
+        worker.wait_for(started.exists, "running the handler")
+        worker.process.send_signal(signal.SIGTERM)
+        worker.wait_for(lambda: "stopping" in worker.stdout(), "stopping")
+        gate.touch()
+        worker.process.wait(15)
+    assert worker.process.returncode == 0, worker
+    assert {event_id: record.status for event_id, record in snapshot(db).items()} == {
+        ids[0]: Status.DONE
+    }, worker
 
 
 # -- inbox ----------------------------------------------------------------------------------
@@ -1125,12 +1236,22 @@ def test_inbox_retry_needs_an_id_or_failed(inbox: Path, tmp_path: Path) -> None:
     assert_usage_error(cli("inbox", "retry", "--db", str(inbox), cwd=tmp_path))
 
 
+def test_inbox_retry_with_both_an_id_and_failed_is_a_usage_error(
+    inbox: Path, tmp_path: Path
+) -> None:
+    result = cli("inbox", "retry", FAILED_IDS[0], "--failed", "--db", str(inbox), cwd=tmp_path)
+    assert_usage_error(result)
+    records = snapshot(inbox)
+    assert {records[event_id].status for event_id in FAILED_IDS} == {Status.FAILED}
+
+
 @pytest.mark.parametrize(
     ("duration", "purged"),
     [
         ("7d", ["old-done", "old-failed"]),
         ("12h", ["old-done", "old-failed"]),
         ("30m", ["old-done", "old-failed", "hours-done"]),
+        ("2w", []),
         ("0s", ["old-done", "old-failed", "hours-done", *DONE_IDS, *FAILED_IDS]),
     ],
 )
@@ -1155,8 +1276,11 @@ def test_inbox_purge_older_than(
     assert set(snapshot(inbox)) == before - set(purged), result
 
 
-def test_inbox_purge_bad_duration_is_a_usage_error(inbox: Path, tmp_path: Path) -> None:
-    result = cli("inbox", "purge", "--older-than", "soon", "--db", str(inbox), cwd=tmp_path)
+@pytest.mark.parametrize("duration", ["soon", "7days", "7d ago"])
+def test_inbox_purge_bad_duration_is_a_usage_error(
+    inbox: Path, tmp_path: Path, duration: str
+) -> None:
+    result = cli("inbox", "purge", "--older-than", duration, "--db", str(inbox), cwd=tmp_path)
     assert_usage_error(result)
     assert set(snapshot(inbox)) == set(ALL_IDS)
 
@@ -1353,3 +1477,33 @@ def test_demo_interrupted_once_its_server_thread_exists_stops_and_joins_it(
         parked.set()
     left = [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not [name for name in left if name.startswith("aerostic-webhooks")], left
+
+
+@needs_server
+def test_demo_fails_when_an_event_is_handled_more_than_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo checks that each event is handled exactly once: a receiver that runs a
+    handler twice (a fault injected here) must fail it."""
+    from aerostic_webhooks import cli as module
+
+    class Twice(WebhookReceiver):
+        def on(self, pattern: str) -> Callable[[Any], Any]:
+            register = super().on(pattern)
+
+            def both(handler: Any) -> Any:
+                register(handler)
+                return register(handler)
+
+            return both
+
+    monkeypatch.setattr(module, "WebhookReceiver", Twice)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert module.main(["demo"]) == 1
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    output = capsys.readouterr().out
+    assert "handled exactly once: NO" in output, output
+    assert "demo FAILED" in output, output
