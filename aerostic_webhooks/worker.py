@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from .stores.base import LEASE_LAPSED, Record, Store, utcnow
 
-__all__ = ["DEFAULT_RETRY_DELAYS", "LoopThread", "Worker", "new_owner_id"]
+__all__ = ["DEFAULT_RETRY_DELAYS", "LoopThread", "Worker", "new_owner_id", "offset_fits"]
 
 logger = logging.getLogger("aerostic_webhooks")
 
@@ -45,6 +45,20 @@ _FORK_LOCK = threading.Lock()
 
 #: Runs the handlers of one record; returns ``None`` on success, else the error to keep.
 Process = Callable[[Record], "str | None"]
+
+
+def offset_fits(seconds: float) -> bool:
+    """Whether a date this many seconds before or after now is one a ``datetime`` can hold.
+
+    ``nan``, infinities and spans of thousands of years are not: a lease, retry delay or
+    retention like that would fail at every use, long after it was configured.
+    """
+    try:
+        now, offset = utcnow(), timedelta(seconds=seconds)
+        now + offset, now - offset  # each overflows if it falls outside years 1-9999
+    except (OverflowError, ValueError):
+        return False
+    return True
 
 
 def new_owner_id() -> str:
@@ -126,10 +140,12 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if lease_seconds <= 0:
-            raise ValueError("lease_seconds must be positive")
-        if any(delay < 0 for delay in retry_delays):
-            raise ValueError("retry delays must not be negative")
+        if not (lease_seconds > 0 and offset_fits(lease_seconds)):
+            raise ValueError("lease_seconds must be a positive, finite number of seconds")
+        if not all(delay >= 0 and offset_fits(delay) for delay in retry_delays):
+            raise ValueError("retry delays must be finite numbers of seconds, none negative")
+        if not (retention > timedelta(0) and offset_fits(retention.total_seconds())):
+            raise ValueError("retention must be a positive timedelta that a date can be off by")
         self.store = store
         self._process = process
         self._concurrency = concurrency

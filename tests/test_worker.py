@@ -1006,13 +1006,48 @@ def test_a_retry_due_at_once_settled_during_a_claim_runs_again_promptly() -> Non
 
 
 @pytest.mark.parametrize(
-    "setting",
-    [{"concurrency": 0}, {"lease_seconds": 0}, {"retry_delays": (30, -1)}],
-    ids=["no-thread", "no-lease", "negative-delay"],
+    ("setting", "message"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"lease_seconds": 0}, "lease_seconds"),
+        ({"lease_seconds": float("nan")}, "lease_seconds"),
+        ({"lease_seconds": float("inf")}, "lease_seconds"),
+        ({"retry_delays": (30, -1)}, "retry delays"),
+        ({"retry_delays": (30, float("inf"))}, "retry delays"),
+        ({"retry_delays": (float("nan"),)}, "retry delays"),
+        ({"retention": timedelta(0)}, "retention"),
+        ({"retention": timedelta.max}, "retention"),
+    ],
+    ids=[
+        "no-thread",
+        "no-lease",
+        "nan-lease",
+        "endless-lease",
+        "negative-delay",
+        "endless-delay",
+        "nan-delay",
+        "no-retention",
+        "endless-retention",
+    ],
 )
-def test_a_worker_setting_that_could_not_work_is_refused(setting: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+def test_a_worker_setting_that_could_not_work_is_refused(
+    setting: dict[str, Any], message: str
+) -> None:
+    """Refused when the receiver is built, not found out at the first claim, retry or purge."""
+    with pytest.raises(ValueError, match=message):
         Worker(MemoryStore(), lambda record: None, **setting)
+    with pytest.raises(ValueError, match=message):
+        WebhookReceiver(SECRET, store=MemoryStore(), **setting)
+
+
+def test_the_longest_settings_a_date_can_express_are_accepted() -> None:
+    Worker(
+        MemoryStore(),
+        lambda record: None,
+        lease_seconds=86400 * 365 * 100,
+        retry_delays=(0, 86400 * 365 * 100),
+        retention=timedelta(days=365 * 1000),
+    )
 
 
 def test_each_retry_waits_its_own_delay() -> None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from django.conf import settings
 
 from ..receiver import DEFAULT_MAX_BODY_BYTES
+from ..worker import offset_fits
 
 __all__ = ["WebhookSettings", "webhook_settings"]
 
@@ -58,9 +59,15 @@ def webhook_settings() -> WebhookSettings:
         max_body_bytes = DEFAULT_MAX_BODY_BYTES
     retention = raw.get("RETENTION", timedelta(days=7))
     if isinstance(retention, (int, float)) and not isinstance(retention, bool):
-        retention = timedelta(seconds=retention)
-    if not isinstance(retention, timedelta) or retention <= timedelta(0):
-        problems.append(("E003", f"{SETTING}['RETENTION'] must be a positive timedelta or seconds"))
+        retention = timedelta(seconds=retention) if offset_fits(retention) else None
+    if (
+        not isinstance(retention, timedelta)
+        or retention <= timedelta(0)
+        or not offset_fits(retention.total_seconds())
+    ):
+        problems.append(
+            ("E003", f"{SETTING}['RETENTION'] must be a positive timedelta or seconds, finite")
+        )
         retention = timedelta(days=7)
     worker = raw.get("WORKER", "thread")
     if worker not in ("thread", "external"):
@@ -76,9 +83,9 @@ def webhook_settings() -> WebhookSettings:
     if (
         not isinstance(lease_seconds, (int, float))
         or isinstance(lease_seconds, bool)
-        or lease_seconds <= 0
+        or not (lease_seconds > 0 and offset_fits(lease_seconds))
     ):
-        problems.append(("E006", f"{SETTING}['LEASE_SECONDS'] must be a positive number"))
+        problems.append(("E006", f"{SETTING}['LEASE_SECONDS'] must be a positive, finite number"))
         lease_seconds = 30.0
     database = raw.get("DATABASE", "default")
     if not isinstance(database, str) or database not in settings.DATABASES:
