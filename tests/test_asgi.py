@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +20,30 @@ pytest.importorskip("fastapi", reason="FastAPI is not installed: pip install -e 
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install -e '.[test]'")
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message
 
-from aerostic_webhooks import Event, MemoryStore, Receipt, SQLiteStore, WebhookReceiver
+from aerostic_webhooks import (
+    Event,
+    InvalidPayload,
+    InvalidSignature,
+    MemoryStore,
+    PayloadTooLarge,
+    Receipt,
+    SQLiteStore,
+    StoreUnavailable,
+    WebhookReceiver,
+)
 from aerostic_webhooks.fastapi import verified_event, verified_receipt, webhook_router
+from aerostic_webhooks.starlette import webhook_lifespan, webhook_route
 from aerostic_webhooks.stores import Record, Status
 
 from ._fuzzing import URL, fastapi_app, starlette_app
 from .contract import (
+    ACCEPTED,
+    BAD_PAYLOAD,
+    BAD_SIGNATURE,
     FAILED,
     LIMIT,
     SECRET,
@@ -114,6 +131,28 @@ def test_both_spellings_without_redirect(client: TestClient, path: str) -> None:
 def test_other_methods_get_405(client: TestClient, method: str) -> None:
     assert client.request(method, URL).status_code == 405
     assert client.request(method, URL + "/").status_code == 405
+
+
+@pytest.mark.parametrize(("path", "spellings"), [("/", ["/"]), ("/hooks/", ["/hooks", "/hooks/"])])
+def test_a_route_path_given_with_its_slash_answers_at_each_spelling(
+    webhooks: WebhookReceiver, path: str, spellings: list[str]
+) -> None:
+    app = Starlette(routes=[webhook_route(path, webhooks)], lifespan=webhook_lifespan(webhooks))
+    body = sample_body("message.sent")
+    with TestClient(app) as client:
+        for spelling in spellings:
+            response = client.post(
+                spelling, content=body, headers=signed(body), follow_redirects=False
+            )
+            assert (response.status_code, response.json()) == (200, ACCEPTED), spelling
+
+
+def test_the_route_is_named_for_url_path_for(webhooks: WebhookReceiver) -> None:
+    app = Starlette(
+        routes=[webhook_route(URL, webhooks), webhook_route("/eu", webhooks, name="aerostic_eu")]
+    )
+    assert app.url_path_for("aerostic_webhooks") == URL
+    assert app.url_path_for("aerostic_eu") == "/eu"
 
 
 async def call(
@@ -254,6 +293,52 @@ def test_a_second_lifespan_serves_again(
     assert seen == ["msg-0", "msg-1"]
 
 
+def test_the_worker_stops_when_the_apps_own_start_up_fails() -> None:
+    """The README's nesting: an app lifespan whose start-up raises inside the webhook one."""
+    receiver = WebhookReceiver(SECRET, store=MemoryStore())
+
+    async def start_up() -> None:
+        async with webhook_lifespan(receiver)(None):
+            assert receiver._worker.running
+            raise ConnectionError("the app's own database is down")
+
+    try:
+        with pytest.raises(ConnectionError):
+            asyncio.run(start_up())
+        assert not receiver._worker.running
+    finally:
+        receiver.close()
+
+
+def test_shutdown_drains_off_the_loop_so_a_handler_may_wait_on_it() -> None:
+    """A handler that hands work to the app's event loop (and waits for it) finishes during
+    the shutdown drain: the drain must leave the loop free."""
+    receiver = WebhookReceiver(SECRET, store=MemoryStore())
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        shutting_down = asyncio.Event()
+
+        async def on_the_loop(event: Event) -> None:
+            await shutting_down.wait()
+            seen.append(event.event)
+
+        receiver.on("*")(
+            lambda event: asyncio.run_coroutine_threadsafe(on_the_loop(event), loop).result(5)
+        )
+        async with webhook_lifespan(receiver, drain_timeout=5)(None):
+            body = sample_body("contact.created")
+            await receiver.receive_async(body, signed(body))
+            shutting_down.set()  # the loop runs the handler's coroutine only once it is free
+        assert seen == ["contact.created"]  # drained before the lifespan ended
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        receiver.close()
+
+
 def test_the_loop_stays_responsive_while_100_deliveries_and_slow_handlers_run(
     make_app: Callable[[WebhookReceiver], ASGIApp], tmp_path: Path
 ) -> None:
@@ -328,6 +413,51 @@ def test_openapi_documents_the_endpoint() -> None:
     assert URL + "/" not in schema["paths"]  # the slash spelling works but is not listed twice
 
 
+# As for test_openapi_documents_the_endpoint: FastAPI 0.125 with pydantic 2.6 warns.
+@pytest.mark.filterwarnings(
+    "ignore:The `__fields__` attribute is deprecated:pydantic.warnings.PydanticDeprecatedSince20"
+)
+def test_openapi_documents_each_answer_the_endpoint_gives() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore()) as receiver:
+        operation = fastapi_app(receiver).openapi()["paths"][URL]["post"]
+    answers = operation["responses"]
+    examples = {
+        status: answer["content"]["application/json"]["example"]
+        for status, answer in answers.items()
+    }
+    assert examples == {
+        "200": ACCEPTED,
+        "400": BAD_PAYLOAD,
+        "401": BAD_SIGNATURE,
+        "413": TOO_LARGE,
+        "503": UNAVAILABLE,
+    }
+    for error in (InvalidPayload, InvalidSignature, PayloadTooLarge, StoreUnavailable):
+        assert answers[str(error.status_code)]["description"] == error.__doc__
+    assert operation["summary"] == "Receive an Aerostic webhook"
+    assert operation["requestBody"]["required"] is True
+    [header] = operation["parameters"]
+    assert header["required"] is True
+    body = sample_body("message.received")
+    good = signed(body)["X-Aerostic-Signature"]
+    assert re.search(header["schema"]["pattern"], good)
+    assert not re.search(header["schema"]["pattern"], "sha1=" + good[7:47])
+
+
+@pytest.mark.filterwarnings(
+    "ignore:The `__fields__` attribute is deprecated:pydantic.warnings.PydanticDeprecatedSince20"
+)
+@pytest.mark.parametrize(("tags", "expected"), [(None, ["webhooks"]), (["aerostic"], ["aerostic"])])
+def test_openapi_lists_the_endpoint_under_its_tags(
+    tags: list[str | Enum] | None, expected: list[str]
+) -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore()) as receiver:
+        app = FastAPI()
+        app.include_router(webhook_router(receiver, tags=tags), prefix=URL)
+        operation = app.openapi()["paths"][URL]["post"]
+    assert operation["tags"] == expected
+
+
 def test_verified_event_dependency_gives_the_same_statuses() -> None:
     with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
         app = FastAPI()
@@ -369,6 +499,42 @@ def test_verified_receipt_tells_the_senders_retry_from_a_new_event() -> None:
                 assert response.json() == {"type": "message.read"}
             assert client.post("/once", content=body).status_code == 401
     assert ran == ["message.read:msg_def456"]
+
+
+def test_verified_event_refuses_a_declared_length_over_the_limit_before_reading() -> None:
+    def unreadable() -> Iterator[bytes]:
+        raise AssertionError("the body must not be read")
+        yield b""
+
+    with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
+        app = FastAPI()
+        verified = Depends(verified_event(receiver))
+
+        @app.post(URL)
+        async def mine(event: Event = verified) -> dict[str, str]:
+            return {"type": event.event}
+
+        headers = [(b"content-length", str(LIMIT + 1).encode())]
+        status, body, pulled = asyncio.run(call(app, headers, unreadable()))
+    assert (status, json.loads(body)) == (413, {"detail": TOO_LARGE["error"]})
+    assert pulled == 0
+
+
+@pytest.mark.parametrize(
+    "case", [case for case in cases() if case.status != 200], ids=lambda case: case.name
+)
+def test_verified_event_refusals_say_only_the_public_message(case: Case) -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
+        app = FastAPI()
+        verified = Depends(verified_event(receiver))
+
+        @app.post("/mine")
+        async def mine(event: Event = verified) -> dict[str, str]:
+            return {"type": event.event}
+
+        with TestClient(app) as client:
+            response = client.post("/mine", content=case.body, headers=raw(case.headers))
+    assert (response.status_code, response.json()) == (case.status, {"detail": case.json["error"]})
 
 
 def test_an_external_receiver_runs_no_worker_in_the_web_process(

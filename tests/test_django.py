@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -24,7 +25,9 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
 from django.test import Client
+from django.urls import reverse
 from django.utils.html import escape
 
 from aerostic_webhooks import (
@@ -610,6 +613,34 @@ def test_a_chunked_body_with_a_content_length_is_read_whole(client: Client) -> N
         **environ,
     )
     assert (response.status_code, json.loads(response.content)) == (200, {"received": True})
+
+
+def reads_the_body_first(
+    get_response: Callable[[HttpRequest], HttpResponse],
+) -> Callable[[HttpRequest], HttpResponse]:
+    """A request logger's middleware: it reads ``request.body`` before any view runs."""
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        logging.getLogger("tests.requests").info("%d bytes", len(request.body))
+        return get_response(request)
+
+    return middleware
+
+
+def test_a_body_a_middleware_read_first_is_received(settings: Any) -> None:
+    """Under gunicorn (``wsgi.input_terminated``, a Content-Length) the server's input is
+    spent once a middleware read the body: the view takes it from Django's request."""
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, f"{__name__}.reads_the_body_first"]
+    body = sample_body("message.delivered")
+    environ: dict[str, Any] = {"wsgi.input_terminated": True}  # no Python name: **Any
+    response = Client().post(
+        URL, data=body, content_type="application/json", headers=signed(body), **environ
+    )
+    assert (response.status_code, json.loads(response.content)) == (200, {"received": True})
+
+
+def test_the_included_urls_reverse_by_their_namespaced_name() -> None:
+    assert reverse("aerostic_webhooks:receive") == URL
 
 
 @pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")

@@ -22,6 +22,19 @@ class Untouchable(io.RawIOBase):
         raise AssertionError("the input must not be read")
 
 
+class Trickling(io.RawIOBase):
+    """An input that hands over at most 100 bytes a read, as a raw socket may."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self.data.read(100 if size < 0 else min(size, 100))
+
+
 def environ(**extra: Any) -> dict[str, Any]:
     return {
         "REQUEST_METHOD": "POST",
@@ -121,4 +134,21 @@ def test_a_delivery_read_off_the_environ_is_received() -> None:
             b'{"received": true}',
         )
         assert receiver.store.get("message.read:msg_def456") is not None
+    assert stream.read() == b"trailing"
+
+
+def test_a_declared_body_handed_over_in_short_reads_is_read_whole() -> None:
+    body = sample_body("message.read")
+    assert len(body) > 100
+    stream = Trickling(body + b"trailing")
+    env = environ(
+        CONTENT_LENGTH=str(len(body)),
+        HTTP_X_AEROSTIC_SIGNATURE=sign(body, SECRET),
+        **{"wsgi.input": stream},
+    )
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="external") as receiver:
+        assert respond(receiver, EnvironHeaders(env), *wsgi_input(env)) == (
+            200,
+            b'{"received": true}',
+        )
     assert stream.read() == b"trailing"
