@@ -36,6 +36,14 @@ def webhook_blueprint(receiver: WebhookReceiver, name: str = "aerostic_webhooks"
             status, body = respond(receiver, current.headers, *wsgi_input(current.environ))
         return Response(body, status=status, content_type=CONTENT_TYPE)
 
+    def strip_prefix_slash(state: BlueprintSetupState) -> None:
+        # Runs before the rules are added. Flask would join a prefix ending in "/" with each
+        # rule into the slashed spelling, and redirect the other.
+        if not state.url_prefix:
+            raise ValueError(f"register the {name!r} blueprint with a url_prefix (a path)")
+        state.url_prefix = state.url_prefix.rstrip("/") or "/"
+
+    blueprint.record(strip_prefix_slash)
     for rule in ("", "/"):  # both spellings, so a sender is never redirected
         blueprint.add_url_rule(
             rule,
