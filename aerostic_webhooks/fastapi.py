@@ -56,7 +56,7 @@ def webhook_router(receiver: WebhookReceiver, *, tags: list[str | Enum] | None =
             receive_webhook,
             methods=["POST"],
             summary="Receive an Aerostic webhook",
-            responses=responses(),
+            responses=responses(inline=receiver.process == "inline"),
             openapi_extra=operation_extra(),
             include_in_schema=documented,
             route_class_override=_WebhookRoute,

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import InvalidPayload, InvalidSignature, PayloadTooLarge, StoreUnavailable
+from .errors import (
+    InvalidPayload,
+    InvalidSignature,
+    PayloadTooLarge,
+    ProcessingFailed,
+    StoreUnavailable,
+    WebhookError,
+)
 from .events import event_json_schema
 from .signature import SIGNATURE_HEADER
 
 __all__ = ["operation_extra", "responses"]
 
 
-def responses() -> dict[int | str, dict[str, Any]]:
-    """The operation's ``responses``: 200 and each refusal of the response contract."""
+def responses(*, inline: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The operation's ``responses``: 200 and each refusal of the response contract (with
+    the 500 of a failed handler if the receiver runs its handlers ``inline``)."""
     described: dict[int | str, dict[str, Any]] = {
         200: {"content": {"application/json": {"example": {"received": True}}}},
     }
-    for error in (InvalidPayload, InvalidSignature, PayloadTooLarge, StoreUnavailable):
+    errors: list[type[WebhookError]] = [
+        InvalidPayload,
+        InvalidSignature,
+        PayloadTooLarge,
+        StoreUnavailable,
+    ]
+    if inline:
+        errors.append(ProcessingFailed)
+    for error in errors:
         described[error.status_code] = {
             "description": error.__doc__,
             "content": {"application/json": {"example": {"error": error.public_message}}},

@@ -30,6 +30,7 @@ from aerostic_webhooks import (
     InvalidSignature,
     MemoryStore,
     PayloadTooLarge,
+    ProcessingFailed,
     Receipt,
     SQLiteStore,
     StoreUnavailable,
@@ -442,6 +443,16 @@ def test_openapi_documents_each_answer_the_endpoint_gives() -> None:
     good = signed(body)["X-Aerostic-Signature"]
     assert re.search(header["schema"]["pattern"], good)
     assert not re.search(header["schema"]["pattern"], "sha1=" + good[7:47])
+
+
+@pytest.mark.filterwarnings(
+    "ignore:The `__fields__` attribute is deprecated:pydantic.warnings.PydanticDeprecatedSince20"
+)
+def test_openapi_documents_the_500_of_an_inline_receiver() -> None:
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as receiver:
+        answers = fastapi_app(receiver).openapi()["paths"][URL]["post"]["responses"]
+    assert answers["500"]["content"]["application/json"]["example"] == FAILED
+    assert answers["500"]["description"] == ProcessingFailed.__doc__
 
 
 @pytest.mark.filterwarnings(
