@@ -45,7 +45,9 @@ class _WebhookRoute(APIRoute):
 def webhook_router(receiver: WebhookReceiver, *, tags: list[str | Enum] | None = None) -> APIRouter:
     """An ``APIRouter`` whose lifespan runs the receiver's worker, with the endpoint at ``""``
     and ``"/"`` under the prefix it is included with (one documented in OpenAPI)."""
-    router = APIRouter(lifespan=webhook_lifespan(receiver), tags=tags or ["webhooks"])
+    router = APIRouter(
+        lifespan=webhook_lifespan(receiver), tags=["webhooks"] if tags is None else tags
+    )
 
     async def receive_webhook(request: Request) -> Response:
         return await receive_request(receiver, request)
