@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -11,6 +12,17 @@ import pytest
 from aerostic_webhooks import MemoryStore, WebhookReceiver
 
 SECRET = "whsec_test_secret"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition``: what the worker's threads do has nothing to wait on otherwise."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
 
 VERSIONED = ("pydantic", "flask", "werkzeug", "django", "starlette", "fastapi", "httpx", "redis")
 

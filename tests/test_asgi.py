@@ -471,15 +471,21 @@ def test_openapi_lists_the_endpoint_under_its_tags(
     assert operation.get("tags", []) == expected
 
 
+def app_with_verified_event(receiver: WebhookReceiver, path: str) -> FastAPI:
+    """An app of the user's own: an endpoint at ``path`` taking ``verified_event``'s event."""
+    app = FastAPI()
+    verified = Depends(verified_event(receiver))
+
+    @app.post(path)
+    async def mine(event: Event = verified) -> dict[str, str]:
+        return {"type": event.event}
+
+    return app
+
+
 def test_verified_event_dependency_gives_the_same_statuses() -> None:
     with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
-        app = FastAPI()
-
-        verified = Depends(verified_event(receiver))
-
-        @app.post("/mine")
-        async def mine(event: Event = verified) -> dict[str, str]:
-            return {"type": event.event}
+        app = app_with_verified_event(receiver, "/mine")
 
         with TestClient(app) as client:
             body = sample_body("message.read")
@@ -520,12 +526,7 @@ def test_verified_event_refuses_a_declared_length_over_the_limit_before_reading(
         yield b""
 
     with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
-        app = FastAPI()
-        verified = Depends(verified_event(receiver))
-
-        @app.post(URL)
-        async def mine(event: Event = verified) -> dict[str, str]:
-            return {"type": event.event}
+        app = app_with_verified_event(receiver, URL)
 
         headers = [(b"content-length", str(LIMIT + 1).encode())]
         status, body, pulled = asyncio.run(call(app, headers, unreadable()))
@@ -538,12 +539,7 @@ def test_verified_event_refuses_a_declared_length_over_the_limit_before_reading(
 )
 def test_verified_event_refusals_say_only_the_public_message(case: Case) -> None:
     with WebhookReceiver(SECRET, store=MemoryStore(), max_body_bytes=LIMIT) as receiver:
-        app = FastAPI()
-        verified = Depends(verified_event(receiver))
-
-        @app.post("/mine")
-        async def mine(event: Event = verified) -> dict[str, str]:
-            return {"type": event.event}
+        app = app_with_verified_event(receiver, "/mine")
 
         with TestClient(app) as client:
             response = client.post("/mine", content=case.body, headers=raw(case.headers))

@@ -1412,7 +1412,6 @@ def demo_with_its_thread_started_by(
 ) -> None:
     """Run ``demo`` in this process, its server thread started by ``starter(thread, start)``;
     it must exit 1 and leave no scratch inbox behind."""
-    from aerostic_webhooks import cli as module
 
     start = threading.Thread.start
 
@@ -1423,13 +1422,21 @@ def demo_with_its_thread_started_by(
             start(thread)
 
     monkeypatch.setattr(threading.Thread, "start", starting)
+    demo_in_this_process_fails(tmp_path, monkeypatch)
+    assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
+
+
+def demo_in_this_process_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``demo`` in this process, its scratch inbox under ``tmp_path``: it must exit 1.
+    The SIGTERM handler it installs is put back."""
+    from aerostic_webhooks import cli as module
+
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     handler = signal.getsignal(signal.SIGTERM)
     try:
         assert module.main(["demo"]) == 1
     finally:
         signal.signal(signal.SIGTERM, handler)
-    assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
 
 
 @needs_server
@@ -1498,12 +1505,7 @@ def test_demo_fails_when_an_event_is_handled_more_than_once(
             return both
 
     monkeypatch.setattr(module, "WebhookReceiver", Twice)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        assert module.main(["demo"]) == 1
-    finally:
-        signal.signal(signal.SIGTERM, handler)
+    demo_in_this_process_fails(tmp_path, monkeypatch)
     output = capsys.readouterr().out
     assert "handled exactly once: NO" in output, output
     assert "demo FAILED" in output, output

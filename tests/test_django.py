@@ -9,8 +9,7 @@ import json
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from signal import SIGINT, SIGTERM, getsignal
 from signal import signal as set_signal_handler
@@ -25,6 +24,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
 from django.db.models import QuerySet
+from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from django.urls import reverse
@@ -51,7 +51,8 @@ from aerostic_webhooks.stores import Record, Status
 from aerostic_webhooks.stores.base import utcnow
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS
 
-from .contract import LIMIT, SECRET, Case, cases, sample_body, signed
+from .conftest import wait_until
+from .contract import LIMIT, SECRET, UNAVAILABLE, Case, cases, sample_body, signed
 from .django_settings import POSTGRES_AVAILABLE
 
 URL = "/webhooks/aerostic/"
@@ -84,26 +85,34 @@ class Recorder:
             )
 
 
+@contextlib.contextmanager
+def connected(*pairs: tuple[Signal, Callable[..., Any]]) -> Iterator[None]:
+    """Signal receivers connected for the block only: the signals outlive each test."""
+    for signal, receiver in pairs:
+        signal.connect(receiver, weak=False)
+    try:
+        yield
+    finally:
+        for signal, receiver in pairs:
+            signal.disconnect(receiver)
+
+
 @pytest.fixture
 def received() -> Iterator[Recorder]:
     recorder = Recorder()
-    webhook_received.connect(recorder, weak=False)
-    yield recorder
-    webhook_received.disconnect(recorder)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition``: what the worker's threads do has nothing to wait on otherwise."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    with connected((webhook_received, recorder)):
+        yield recorder
 
 
 def post(client: Client, case: Case, path: str = URL) -> Any:
     return client.post(path, data=case.body, content_type="application/json", headers=case.headers)
+
+
+def deliver_all(client: Client, bodies: Iterable[bytes]) -> None:
+    """POST each body, signed (each must be accepted), then wait for the worker."""
+    for body in bodies:
+        assert post(client, Case("delivery", body, signed(body))).status_code == 200
+    assert get_receiver().drain(30)
 
 
 def assert_answer(response: Any, case: Case) -> None:
@@ -150,6 +159,12 @@ def test_over_data_upload_max_memory_size_is_413_not_400(
     assert_answer(post(client, Case("big", big, signed(big)), path), Case("ok", big))
 
 
+def assert_a_signed_delivery_is_answered_503(client: Client) -> None:
+    body = sample_body("message.received")
+    response = post(client, Case("signed", body, signed(body)))
+    assert_answer(response, Case("503", body, status=503, json=UNAVAILABLE))
+
+
 def test_store_unavailable_is_503(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     from django.db import OperationalError
 
@@ -157,11 +172,7 @@ def test_store_unavailable_is_503(client: Client, monkeypatch: pytest.MonkeyPatc
         raise OperationalError("database is down")
 
     monkeypatch.setattr(QuerySet, "create", down)
-    body = sample_body("message.received")
-    response = post(client, Case("down", body, signed(body)))
-    assert_answer(
-        response, Case("503", body, status=503, json={"error": "Temporarily unavailable"})
-    )
+    assert_a_signed_delivery_is_answered_503(client)
 
 
 def test_a_misconfigured_app_answers_503_and_the_check_reports_it(
@@ -222,11 +233,7 @@ def test_a_setting_of_the_wrong_kind_is_a_503_not_a_500(
     client: Client, settings: Any, value: Any
 ) -> None:
     settings.AEROSTIC_WEBHOOKS = value
-    body = sample_body("message.received")
-    response = post(client, Case("ok", body, signed(body)))
-    assert_answer(
-        response, Case("503", body, status=503, json={"error": "Temporarily unavailable"})
-    )
+    assert_a_signed_delivery_is_answered_503(client)
 
 
 def test_secrets_list_rotates_and_the_setting_is_masked_in_error_reports(
@@ -308,11 +315,7 @@ def test_a_first_request_while_misconfigured_is_answered_503(
 ) -> None:
     settings.AEROSTIC_WEBHOOKS = {"SECRET": ""}
     app_config.ready()  # as in a new process: starting the worker is the first request's
-    body = sample_body("message.received")
-    response = post(client, Case("first", body, signed(body)))
-    assert_answer(
-        response, Case("503", body, status=503, json={"error": "Temporarily unavailable"})
-    )
+    assert_a_signed_delivery_is_answered_503(client)
 
 
 def test_the_concurrency_setting_is_how_many_receivers_can_run_at_once(
@@ -326,15 +329,11 @@ def test_the_concurrency_setting_is_how_many_receivers_can_run_at_once(
         together.wait()
         met.append(event_id)
 
-    webhook_received.connect(meet, weak=False)
-    try:
-        for n in range(6):
-            body = sample_body("message.sent", id=f"msg_{n}")
-            assert post(client, Case(str(n), body, signed(body))).status_code == 200
-        assert get_receiver().drain(30)
-    finally:
-        together.abort()
-        webhook_received.disconnect(meet)
+    with connected((webhook_received, meet)):
+        try:
+            deliver_all(client, (sample_body("message.sent", id=f"msg_{n}") for n in range(6)))
+        finally:
+            together.abort()
     assert sorted(met) == [f"message.sent:msg_{n}" for n in range(6)]
 
 
@@ -349,13 +348,8 @@ def test_the_lease_seconds_setting_is_the_lease_of_a_record_being_handled(
         assert row.lease_expires_at is not None and row.updated_at is not None
         leases.append(row.lease_expires_at - row.updated_at)
 
-    webhook_received.connect(measure, weak=False)
-    try:
-        body = sample_body("message.sent")
-        assert post(client, Case("lease", body, signed(body))).status_code == 200
-        assert get_receiver().drain(30)
-    finally:
-        webhook_received.disconnect(measure)
+    with connected((webhook_received, measure)):
+        deliver_all(client, [sample_body("message.sent")])
     [lease] = leases
     assert timedelta(seconds=120) <= lease < timedelta(seconds=180)
 
@@ -375,13 +369,8 @@ def test_signals_carry_typed_events_and_come_from_the_worker(
     client: Client, received: Recorder
 ) -> None:
     typed = Recorder()
-    message_received.connect(typed, weak=False)
-    try:
-        body = sample_body("message.received")
-        assert post(client, Case("s", body, signed(body))).status_code == 200
-        assert get_receiver().drain(30)
-    finally:
-        message_received.disconnect(typed)
+    with connected((message_received, typed)):
+        deliver_all(client, [sample_body("message.received")])
     for recorder in (received, typed):
         [call] = recorder.calls
         assert call["sender"] is MessageReceived
@@ -396,22 +385,15 @@ def test_signals_carry_typed_events_and_come_from_the_worker(
 
 def test_every_type_has_its_signal(client: Client) -> None:
     seen: list[str] = []
-    recorders = {}
+    recorders: list[tuple[Signal, Callable[..., Any]]] = []
     for event_type, signal in SIGNALS_BY_TYPE.items():
 
         def remember(sender: type, event_type: str = event_type, **kwargs: Any) -> None:
             seen.append(event_type)
 
-        recorders[event_type] = remember
-        signal.connect(remember, weak=False)
-    try:
-        for event_type in SIGNALS_BY_TYPE:
-            body = sample_body(event_type)
-            assert post(client, Case(event_type, body, signed(body))).status_code == 200
-        assert get_receiver().drain(30)
-    finally:
-        for event_type, signal in SIGNALS_BY_TYPE.items():
-            signal.disconnect(recorders[event_type])
+        recorders.append((signal, remember))
+    with connected(*recorders):
+        deliver_all(client, map(sample_body, SIGNALS_BY_TYPE))
     assert sorted(seen) == sorted(SIGNALS_BY_TYPE)
 
 
@@ -426,17 +408,10 @@ def test_a_raising_receiver_gets_the_event_retried_and_webhook_failed_sent(
     def also_broken(sender: type, **kwargs: Any) -> None:
         raise ValueError("no such contact")
 
-    webhook_received.connect(broken, weak=False)
-    message_received.connect(also_broken, weak=False)
-    webhook_failed.connect(failures, weak=False)
-    try:
-        body = sample_body("message.received")
-        assert post(client, Case("f", body, signed(body))).status_code == 200
-        assert get_receiver().drain(30)
-    finally:
-        webhook_received.disconnect(broken)
-        message_received.disconnect(also_broken)
-        webhook_failed.disconnect(failures)
+    with connected(
+        (webhook_received, broken), (message_received, also_broken), (webhook_failed, failures)
+    ):
+        deliver_all(client, [sample_body("message.received")])
     record = WebhookEvent.objects.get(event_id="message.received:msg_abc123")
     assert record.status == "pending"  # scheduled again by the default backoff
     assert record.attempts == 1
@@ -453,25 +428,17 @@ def test_a_raising_receiver_gets_the_event_retried_and_webhook_failed_sent(
 
 def test_each_event_type_sends_the_signal_named_after_it(client: Client) -> None:
     seen: dict[str, list[str]] = {event_type: [] for event_type in SAMPLE_PAYLOADS}
-    connected = []
+    recorders: list[tuple[Signal, Callable[..., Any]]] = []
     for event_type in SAMPLE_PAYLOADS:
-        typed = getattr(signals, event_type.replace(".", "_"))
 
         def remember(
             sender: type, event: Any, kept: list[str] = seen[event_type], **_: Any
         ) -> None:
             kept.append(event.event)
 
-        typed.connect(remember, weak=False)
-        connected.append((typed, remember))
-    try:
-        for event_type in SAMPLE_PAYLOADS:
-            body = sample_body(event_type)
-            assert post(client, Case(event_type, body, signed(body))).status_code == 200
-        assert get_receiver().drain(30)
-    finally:
-        for typed, remember in connected:
-            typed.disconnect(remember)
+        recorders.append((getattr(signals, event_type.replace(".", "_")), remember))
+    with connected(*recorders):
+        deliver_all(client, map(sample_body, SAMPLE_PAYLOADS))
     assert seen == {event_type: [event_type] for event_type in SAMPLE_PAYLOADS}
 
 

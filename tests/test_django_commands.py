@@ -15,7 +15,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -124,13 +126,18 @@ def test_check_passes_with_a_secret(tmp_path: Path) -> None:
     assert "aerostic_webhooks.E" not in result.stdout + result.stderr
 
 
-def test_worker_processes_recorded_events_and_stops_on_sigterm(db: Path, tmp_path: Path) -> None:
-    env = environment(db)
-    events = [(event_type, f"worker-{n}") for n, event_type in enumerate(SAMPLE_PAYLOADS)]
-    record(env, events)
-    expected = {f"{event_type}:{data_id}" for event_type, data_id in events}
-    assert statuses(db) == dict.fromkeys(expected, "pending")  # external: only recorded
+class WorkerRun(NamedTuple):
+    returncode: int
+    seconds_to_stop: float
+    output: str
+    log: str
 
+
+def run_worker_until(
+    env: dict[str, str], tmp_path: Path, ready: Callable[[str], bool], signum: int
+) -> WorkerRun:
+    """Run ``aerostic_webhooks_worker`` until ``ready(its output so far)``, then send it
+    ``signum`` and wait for it to exit."""
     stdout, stderr = tmp_path / "worker.out", tmp_path / "worker.err"
     with stdout.open("w") as out, stderr.open("w") as err:
         worker = subprocess.Popen(
@@ -142,54 +149,50 @@ def test_worker_processes_recorded_events_and_stops_on_sigterm(db: Path, tmp_pat
         )
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and statuses(db) != dict.fromkeys(expected, "done"):
+        while not ready(stdout.read_text()) and time.monotonic() < deadline:
             assert worker.poll() is None, stdout.read_text() + stderr.read_text()
-            time.sleep(0.2)
-        assert statuses(db) == dict.fromkeys(expected, "done")
+            time.sleep(0.1)
+        assert ready(stdout.read_text()), stdout.read_text() + stderr.read_text()
         stopping = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
+        worker.send_signal(signum)
         returncode = worker.wait(15)
-        elapsed = time.monotonic() - stopping
+        seconds = time.monotonic() - stopping
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-    output, log = stdout.read_text(), stderr.read_text()
-    assert returncode == 0, output + log
-    assert elapsed < 5, f"the worker took {elapsed:.1f}s to stop"
-    assert "aerostic_webhooks worker started" in output
-    assert "aerostic_webhooks worker stopped" in output
+    return WorkerRun(returncode, seconds, stdout.read_text(), stderr.read_text())
+
+
+def test_worker_processes_recorded_events_and_stops_on_sigterm(db: Path, tmp_path: Path) -> None:
+    env = environment(db)
+    events = [(event_type, f"worker-{n}") for n, event_type in enumerate(SAMPLE_PAYLOADS)]
+    record(env, events)
+    expected = {f"{event_type}:{data_id}" for event_type, data_id in events}
+    assert statuses(db) == dict.fromkeys(expected, "pending")  # external: only recorded
+
+    def all_done(output: str) -> bool:
+        return statuses(db) == dict.fromkeys(expected, "done")
+
+    run = run_worker_until(env, tmp_path, all_done, signal.SIGTERM)
+    assert run.returncode == 0, run.output + run.log
+    assert run.seconds_to_stop < 5, f"the worker took {run.seconds_to_stop:.1f}s to stop"
+    assert "aerostic_webhooks worker started" in run.output
+    assert "aerostic_webhooks worker stopped" in run.output
     # The example's receivers ran (they log event ids), and logged no phone number.
     for event_id in expected:
-        assert f"event {event_id} " in log, log
-    assert PHONE not in log
+        assert f"event {event_id} " in run.log, run.log
+    assert PHONE not in run.log
 
 
 def test_worker_stops_cleanly_on_ctrl_c(db: Path, tmp_path: Path) -> None:
-    stdout, stderr = tmp_path / "worker.out", tmp_path / "worker.err"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        worker = subprocess.Popen(
-            [sys.executable, str(PROJECT / "manage.py"), "aerostic_webhooks_worker"],
-            env=environment(db),
-            cwd=PROJECT,
-            stdout=out,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while "worker started" not in stdout.read_text() and time.monotonic() < deadline:
-            assert worker.poll() is None, stdout.read_text() + stderr.read_text()
-            time.sleep(0.1)
-        worker.send_signal(signal.SIGINT)
-        returncode = worker.wait(15)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    output, log = stdout.read_text(), stderr.read_text()
-    assert returncode == 0, output + log
-    assert "aerostic_webhooks worker stopped" in output, output + log
-    assert "Traceback" not in log, log
+    def started(output: str) -> bool:
+        return "worker started" in output
+
+    run = run_worker_until(environment(db), tmp_path, started, signal.SIGINT)
+    assert run.returncode == 0, run.output + run.log
+    assert "aerostic_webhooks worker stopped" in run.output, run.output + run.log
+    assert "Traceback" not in run.log, run.log
 
 
 def test_purge_deletes_done_and_failed_events_past_retention(db: Path) -> None:

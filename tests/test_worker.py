@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,21 +24,12 @@ from aerostic_webhooks.stores.base import LEASE_LAPSED, utcnow
 from aerostic_webhooks.testing import sample_body
 from aerostic_webhooks.worker import Worker
 
-from .conftest import SECRET
+from .conftest import SECRET, wait_until
 
 
 def deliver(webhooks: WebhookReceiver, event_type: str = "message.received", **data: Any) -> str:
     body = sample_body(event_type, **data)
     return webhooks.receive(body, {"X-Aerostic-Signature": sign(body, SECRET)}).event_id
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def status_of(store: Store, event_id: str) -> Status | None:
