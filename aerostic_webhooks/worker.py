@@ -184,8 +184,9 @@ class Worker:
         self._drained_at = -float("inf")
         # Handled records not yet marked done in the store, from any thread; see _complete.
         self._done: list[Record] = []
-        # Handled records a failed store call did not mark done; housekeeping tries again.
-        self._unsettled: list[Record] = []
+        # Handled records a failed store call did not mark done, by claim, with when that
+        # first failed; housekeeping tries again (see _settle).
+        self._unsettled: list[tuple[str, list[Record], float]] = []
         # Seconds a record takes to run and settle, a moving average; pessimistic at first.
         self._run_seconds = 1.0
         self._idle = 0
@@ -474,45 +475,64 @@ class Worker:
             return
         with self._changed:
             records, self._done = self._done, []
-        self._settle(records, retrying=False)
+        by_owner: dict[str, list[Record]] = {}
+        for record in records:
+            by_owner.setdefault(record.lease_owner or self.owner, []).append(record)
+        for owner, owned in by_owner.items():
+            self._settle(owner, owned, failing_since=None)
 
-    def _complete_unsettled(self) -> None:
+    def _complete_unsettled(self, *, last_try: bool = False) -> None:
         """Try again to mark done what a failed store call left handled but not recorded."""
         if not self._unsettled:
             return
         with self._changed:
-            records, self._unsettled = self._unsettled, []
-        self._settle(records, retrying=True)
+            unsettled, self._unsettled = self._unsettled, []
+        for owner, owned, failing_since in unsettled:
+            self._settle(owner, owned, failing_since=failing_since, last_try=last_try)
 
-    def _settle(self, records: list[Record], *, retrying: bool) -> None:
-        """Mark ``records`` done; those the store call failed for stay leased and are retried.
+    def _settle(
+        self,
+        owner: str,
+        records: list[Record],
+        *,
+        failing_since: float | None,
+        last_try: bool = False,
+    ) -> None:
+        """Mark one claim's handled records done.
 
-        Left to lapse, their leases would have them run again, and a record on its last
-        attempt would end failed although its handler succeeded.
+        If the store call fails, the records stay leased and housekeeping tries again for up
+        to a lease: left to lapse at once, their leases would have them run again, and a
+        record on its last attempt would end failed although its handler succeeded. After
+        that, or at close, they are left to their leases.
         """
-        unsettled: dict[str, list[Record]] = {}
-        for record in records:
-            unsettled.setdefault(record.lease_owner or self.owner, []).append(record)
-        settled: list[Record] = []
         try:
-            for owner, owned in list(unsettled.items()):
-                self.store.complete_many(owner, [record.event_id for record in owned])
-                settled.extend(unsettled.pop(owner))
+            self.store.complete_many(owner, [record.event_id for record in records])
         except Exception:
-            left = [record for owned in unsettled.values() for record in owned]
-            with self._changed:
-                self._unsettled.extend(left)
-            logger.log(
-                logging.DEBUG if retrying else logging.WARNING,
-                "could not mark %d handled records done; trying again while their leases last",
-                len(left),
-                exc_info=True,
-            )
+            now = time.monotonic()
+            since = now if failing_since is None else failing_since
+            if last_try or now - since >= self._lease:
+                logger.warning(
+                    "could not mark %d handled records done for %.1fs; they run again once "
+                    "their leases end",
+                    len(records),
+                    now - since,
+                    exc_info=True,
+                )
+            else:
+                with self._changed:
+                    self._unsettled.append((owner, records, since))
+                logger.log(
+                    logging.WARNING if failing_since is None else logging.DEBUG,
+                    "could not mark %d handled records done; trying again while their "
+                    "leases last",
+                    len(records),
+                    exc_info=True,
+                )
+                return
         except BaseException:
-            settled = records  # this thread is going down: leave them to their leases
+            self._forget(records)  # this thread is going down: leave them to their leases
             raise
-        finally:
-            self._forget(settled)
+        self._forget(records)
 
     def _forget(self, records: Sequence[Record]) -> None:
         """Settled records are no longer this worker's to renew or wait for."""
@@ -571,7 +591,8 @@ class Worker:
                 self._maintain()
             finished.wait(min(self._lease / 3, _MAINTAIN_INTERVAL))
         with self._context():
-            self._complete_unsettled()  # a last try, once every handler thread has stopped
+            # A last try, once the handler threads have stopped or close()'s timeout ran out.
+            self._complete_unsettled(last_try=True)
 
     def _maintain(self) -> None:
         try:

@@ -1332,3 +1332,69 @@ def test_close_records_a_success_the_store_failed_to_record() -> None:
         assert status_of(store, event_id) is Status.PROCESSING
         store.down.clear()
     assert status_of(store, event_id) is Status.DONE
+
+
+class RefusingStore(MemoryStore):
+    """A MemoryStore whose ``complete_many`` refuses ``poison`` for good, and all while
+    ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+        self.poison: set[str] = set()
+        self.refusals = 0
+
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        if self.down.is_set() or self.poison & set(event_ids):
+            self.refusals += 1
+            raise ConnectionError("refused")
+        return super().complete_many(owner, event_ids)
+
+
+def test_a_success_the_store_never_records_is_left_to_its_lease_not_held_for_ever() -> None:
+    """Tried for a lease, then given up: the record ends failed (visible, and retry() takes
+    it) rather than being renewed for as long as the worker runs."""
+    store = RefusingStore()
+    with WebhookReceiver(SECRET, store=store, retry_delays=(), lease_seconds=0.3) as webhooks:
+        webhooks.on("*")(lambda event: None)
+        store.poison.add("message.received:msg_1")
+        event_id = deliver(webhooks, id="msg_1")
+        assert wait_until(lambda: status_of(store, event_id) is Status.FAILED, 5)
+        assert webhooks.drain(5)
+    record = store.get(event_id)
+    assert record is not None and record.last_error is not None
+    assert LEASE_LAPSED in record.last_error
+
+
+def test_one_claim_the_store_refuses_does_not_hold_up_the_others() -> None:
+    store = RefusingStore()
+    for name in ("msg_p", "msg_ok"):
+        store.add(Record(f"message.received:{name}", "message.received", b"{}", utcnow()))
+    worker = Worker(store, lambda record: None)
+    claims = [store.claim(f"{worker.owner}:{n}", limit=1, lease=30) for n in range(2)]
+    store.down.set()
+    for [record] in claims:
+        worker._in_flight[record.event_id] = record
+        worker._done.append(record)
+    worker._complete()  # an outage: both claims refused
+    assert store.refusals == 2
+    store.down.clear()  # over, but for msg_p
+    store.poison.add("message.received:msg_p")
+    worker._complete_unsettled()  # as housekeeping does every 0.25 s
+    assert status_of(store, "message.received:msg_ok") is Status.DONE
+    assert status_of(store, "message.received:msg_p") is Status.PROCESSING
+
+
+def test_close_says_which_handled_records_it_could_not_mark_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = RefusingStore()
+    webhooks = WebhookReceiver(SECRET, store=store, retry_delays=())
+    webhooks.on("*")(lambda event: None)
+    store.down.set()
+    deliver(webhooks, id="msg_c")
+    assert wait_until(lambda: store.refusals >= 1)
+    webhooks.close(timeout=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert not any("still being handled" in m for m in warnings), warnings
+    assert any("run again once their leases end" in m for m in warnings), warnings
