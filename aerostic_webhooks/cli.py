@@ -291,15 +291,21 @@ def _interrupts_held() -> Iterator[None]:
     def hold(signum: int, frame: object) -> None:
         caught.append(signum)
 
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = [(signum, signal.signal(signum, hold)) for signum in held]
-    try:
+    # An ExitStack runs every restore even if a signal raises in one; each restore is
+    # registered before its swap, so a signal between the two leaves no hold behind.
+    with contextlib.ExitStack() as stack:
+        stack.callback(_deliver, caught)  # last: once the old handlers are back
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            stack.callback(signal.signal, signum, signal.SIG_DFL if previous is None else previous)
+            signal.signal(signum, hold)
         yield
-    finally:
-        for signum, handler in previous:
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        for number in dict.fromkeys(caught):
-            signal.raise_signal(number)
+
+
+def _deliver(caught: list[int]) -> None:
+    """Raise each signal held, once, for its own handler."""
+    for number in dict.fromkeys(caught):
+        signal.raise_signal(number)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1509,3 +1509,79 @@ def test_demo_fails_when_an_event_is_handled_more_than_once(
     output = capsys.readouterr().out
     assert "handled exactly once: NO" in output, output
     assert "demo FAILED" in output, output
+
+
+@pytest.fixture
+def demo_handlers() -> Iterator[None]:
+    """The demo's handlers (SIGTERM raises KeyboardInterrupt, as Ctrl-C does), put back after."""
+    from aerostic_webhooks import cli as module
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, module._interrupt)
+    yield
+    signal.signal(signal.SIGINT, saved[0])
+    signal.signal(signal.SIGTERM, saved[1])
+
+
+def signal_arriving_when(
+    monkeypatch: pytest.MonkeyPatch, swapped: int, to: Callable[[Any], bool], arriving: int
+) -> None:
+    """Make ``arriving`` come in the moment the handler of ``swapped`` is set ``to`` one."""
+    real = signal.signal
+
+    def setting(signum: int, handler: Any) -> Any:
+        previous = real(signum, handler)
+        if signum == swapped and to(handler):
+            signal.raise_signal(arriving)
+        return previous
+
+    monkeypatch.setattr(signal, "signal", setting)
+
+
+def test_a_signal_between_the_two_swaps_leaves_no_interrupt_held(
+    demo_handlers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM comes after Ctrl-C's handler was swapped and before its own was: Ctrl-C must
+    not stay held for good."""
+    from aerostic_webhooks import cli as module
+
+    def holding(handler: Any) -> bool:
+        return getattr(handler, "__name__", "") == "hold"
+
+    signal_arriving_when(monkeypatch, signal.SIGINT, holding, signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), module._interrupts_held():
+        pass
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is module._interrupt
+
+
+def test_a_signal_while_the_handlers_are_put_back_leaves_no_interrupt_held(
+    demo_handlers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aerostic_webhooks import cli as module
+
+    def restored(handler: Any) -> bool:
+        return handler is signal.default_int_handler
+
+    signal_arriving_when(monkeypatch, signal.SIGINT, restored, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), module._interrupts_held():
+        pass
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is module._interrupt
+
+
+def test_a_signal_held_by_nested_holds_is_delivered_once_at_the_outer_end(
+    demo_handlers: None,
+) -> None:
+    from aerostic_webhooks import cli as module
+
+    delivered: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: delivered.append(signum))
+    with module._interrupts_held():
+        with module._interrupts_held():
+            signal.raise_signal(signal.SIGTERM)
+        assert delivered == []  # the inner end handed it to the outer hold
+    assert delivered == [signal.SIGTERM]
