@@ -29,7 +29,7 @@ from .leases import LeaseKeeper
 from .signature import SIGNATURE_HEADER, Secrets, signing_keys, verify_with_keys
 from .stores.base import Record, Status, Store, utcnow
 from .stores.sqlite import SQLiteStore
-from .worker import DEFAULT_RETRY_DELAYS, LoopThread, Worker, new_owner_id
+from .worker import DEFAULT_RETRY_DELAYS, LoopThread, Worker, check_settings, new_owner_id
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "Headers", "Receipt", "WebhookReceiver", "default_event_id"]
 
@@ -168,6 +168,12 @@ class WebhookReceiver:
             )
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive")
+        check_settings(  # before the default store makes its file
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+            retry_delays=retry_delays,
+            retention=retention,
+        )
         self.max_body_bytes = max_body_bytes
         self.process = process
         self._event_id = event_id

@@ -19,7 +19,14 @@ from typing import TypeVar
 
 from .stores.base import LEASE_LAPSED, Record, Store, utcnow
 
-__all__ = ["DEFAULT_RETRY_DELAYS", "LoopThread", "Worker", "new_owner_id", "offset_fits"]
+__all__ = [
+    "DEFAULT_RETRY_DELAYS",
+    "LoopThread",
+    "Worker",
+    "check_settings",
+    "new_owner_id",
+    "offset_fits",
+]
 
 logger = logging.getLogger("aerostic_webhooks")
 
@@ -59,6 +66,20 @@ def offset_fits(seconds: float) -> bool:
     except (OverflowError, ValueError):
         return False
     return True
+
+
+def check_settings(
+    *, concurrency: int, lease_seconds: float, retry_delays: Sequence[float], retention: timedelta
+) -> None:
+    """Raise ``ValueError`` for a setting a worker could not work with."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    if not (lease_seconds > 0 and offset_fits(lease_seconds)):
+        raise ValueError("lease_seconds must be a positive, finite number of seconds")
+    if not all(delay >= 0 and offset_fits(delay) for delay in retry_delays):
+        raise ValueError("retry delays must be finite numbers of seconds, none negative")
+    if not (retention > timedelta(0) and offset_fits(retention.total_seconds())):
+        raise ValueError("retention must be a positive timedelta that a date can be off by")
 
 
 def new_owner_id() -> str:
@@ -138,14 +159,12 @@ class Worker:
         coalesce_seconds: float = 0.01,
         context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        if not (lease_seconds > 0 and offset_fits(lease_seconds)):
-            raise ValueError("lease_seconds must be a positive, finite number of seconds")
-        if not all(delay >= 0 and offset_fits(delay) for delay in retry_delays):
-            raise ValueError("retry delays must be finite numbers of seconds, none negative")
-        if not (retention > timedelta(0) and offset_fits(retention.total_seconds())):
-            raise ValueError("retention must be a positive timedelta that a date can be off by")
+        check_settings(
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+            retry_delays=retry_delays,
+            retention=retention,
+        )
         self.store = store
         self._process = process
         self._concurrency = concurrency
@@ -523,8 +542,7 @@ class Worker:
                     self._unsettled.append((owner, records, since))
                 logger.log(
                     logging.WARNING if failing_since is None else logging.DEBUG,
-                    "could not mark %d handled records done; trying again while their "
-                    "leases last",
+                    "could not mark %d handled records done; trying again while their leases last",
                     len(records),
                     exc_info=True,
                 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -1029,6 +1030,9 @@ def test_a_worker_setting_that_could_not_work_is_refused(
         Worker(MemoryStore(), lambda record: None, **setting)
     with pytest.raises(ValueError, match=message):
         WebhookReceiver(SECRET, store=MemoryStore(), **setting)
+    with pytest.raises(ValueError, match=message):
+        WebhookReceiver(SECRET, **setting)  # the default store: refused before it is made
+    assert not os.path.exists(os.environ["AEROSTIC_WEBHOOKS_DB"])
 
 
 def test_the_longest_settings_a_date_can_express_are_accepted() -> None:
