@@ -1348,6 +1348,15 @@ def test_inbox_commands_refuse_a_sqlite_file_that_is_not_an_inbox(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("other")) == [db.name]
 
 
+def test_inbox_commands_refuse_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    db = tmp_path / "notes.sqlite3"
+    db.write_bytes(b"these are notes, not a database\n" * 200)
+    before = db.read_bytes()
+    for result in cli_many(every_inbox_command(db), cwd=tmp_path):
+        assert "not an aerostic-webhooks inbox" in assert_error(result, 1), result
+    assert db.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -159,14 +159,20 @@ def test_sqlite_lists_dead_letters_and_the_backlog_from_an_index(
     assert f"USING INDEX {sqlite_module._TABLE}_{index}" in plan
 
 
-def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ahead", [1, 97])
+def test_a_file_from_a_newer_version_is_refused(tmp_path: Path, ahead: int) -> None:
+    """Even one version ahead (a rolled-back deployment): never opened, never downgraded."""
     path = tmp_path / "inbox.sqlite3"
     SQLiteStore(path).close()
+    newer = sqlite_module.SCHEMA_VERSION + ahead
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 99")
+    conn.execute(f"PRAGMA user_version = {newer}")
     conn.close()
     with pytest.raises(StoreUnavailable, match="newer"):
         SQLiteStore(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == newer
+    conn.close()
 
 
 # -- a store that cannot record: 503, nothing acknowledged ---------------------------------------

@@ -166,6 +166,23 @@ def test_fail_keeps_the_error_and_requeue_brings_it_back(store: Store) -> None:
     assert all(r.attempts == 1 for r in again)  # a requeue starts the attempts afresh
 
 
+def test_requeue_failed_leaves_done_and_scheduled_records_alone(store: Store) -> None:
+    for name in ("done", "failed", "scheduled"):
+        store.add(record(name))
+    later = utcnow() + timedelta(hours=1)
+    for claimed in store.claim("w", limit=3, lease=30):
+        if claimed.event_id == "done":
+            store.complete("done", "w")
+        elif claimed.event_id == "failed":
+            store.fail("failed", "w", error="gave up")
+        else:
+            store.reschedule("scheduled", "w", at=later, error="later")
+    assert store.requeue_failed() == 1
+    statuses = {name: getattr(store.get(name), "status", None) for name in ("done", "scheduled")}
+    assert statuses == {"done": Status.DONE, "scheduled": Status.PENDING}
+    assert [r.event_id for r in store.claim("w", limit=5, lease=30)] == ["failed"]
+
+
 def test_requeue_refuses_a_record_being_processed(store: Store) -> None:
     store.add(record("a"))
     store.claim("w", limit=1, lease=30)
@@ -212,6 +229,17 @@ def test_release_forgets_the_record(store: Store) -> None:
     assert store.add(record("a")) is True
 
 
+def test_a_released_record_leaves_no_trace_in_lists_or_counts(store: Store) -> None:
+    now = utcnow()
+    store.add(record("kept", received_at=now - timedelta(seconds=1)))
+    store.add(record("released", received_at=now))
+    assert store.take("released", "w", lease=30) is not None
+    assert store.release("released", "w") is True
+    assert store.counts() == dict.fromkeys(Status, 0) | {Status.PENDING: 1}
+    assert [r.event_id for r in store.list(limit=1)] == ["kept"]
+    assert store.list(status=Status.PROCESSING) == []
+
+
 def test_take_claims_one_record_only_when_claimable(store: Store) -> None:
     store.add(record("a"))
     taken = store.take("a", "w", lease=30)
@@ -228,6 +256,7 @@ def test_list_filters_and_orders_newest_first(store: Store) -> None:
     assert [r.event_id for r in store.list()] == ["new", "mid", "old"]
     assert [r.event_id for r in store.list(event_type="message.sent")] == ["new", "old"]
     assert [r.event_id for r in store.list(limit=1, offset=1)] == ["mid"]
+    assert store.list(limit=0) == []
     store.claim("w", limit=1, lease=30)  # takes "old"
     assert [r.event_id for r in store.list(status=Status.PROCESSING)] == ["old"]
 
@@ -370,7 +399,9 @@ def test_a_redis_store_made_from_a_url_gives_up_after_two_seconds() -> None:
         store.close()
 
 
-@pytest.mark.parametrize(("setting", "expected"), [(None, 1), ("FULL", 2), ("off", 0)])
+@pytest.mark.parametrize(
+    ("setting", "expected"), [(None, 1), ("FULL", 2), ("off", 0), ("extra", 3)]
+)
 def test_sqlite_synchronous_applies_to_both_connections(
     tmp_path: Path, setting: str | None, expected: int
 ) -> None:
@@ -420,6 +451,31 @@ def test_a_renewed_lease_that_lapses_makes_its_record_claimable_again(store: Sto
     assert (again.event_id, again.attempts) == ("a", 2)
 
 
+def test_a_claimed_record_has_no_next_attempt(store: Store) -> None:
+    """A retry's next attempt is over once it is claimed: the lease says when it is due."""
+    store.add(record("a"))
+    store.claim("w", limit=1, lease=30)
+    store.reschedule("a", "w", at=utcnow() - timedelta(seconds=1), error="Boom: once")
+    [again] = store.claim("w", limit=1, lease=30)
+    kept = store.get("a")
+    assert kept is not None
+    assert (again.next_attempt_at, kept.next_attempt_at) == (None, None)
+    assert kept.status is Status.PROCESSING and kept.lease_expires_at is not None
+
+
+def test_updated_at_follows_each_change(store: Store) -> None:
+    store.add(record("a", received_at=utcnow() - timedelta(minutes=1)))
+    before_claim = utcnow()
+    store.claim("w", limit=1, lease=30)
+    claimed = store.get("a")
+    assert claimed is not None and claimed.updated_at is not None
+    assert claimed.updated_at >= before_claim - timedelta(milliseconds=1)
+    store.complete("a", "w")
+    done = store.get("a")
+    assert done is not None and done.updated_at is not None
+    assert done.updated_at >= claimed.updated_at
+
+
 def test_a_record_added_while_processing_has_no_next_attempt(store: Store) -> None:
     """As inline mode adds its record: the lease's end is when it is due, not an attempt."""
     now = utcnow()
@@ -455,6 +511,21 @@ def test_purge_removes_old_finished_records_only(store: Store) -> None:
     assert store.get("done") is None and store.get("failed") is None
     for kept in ("pending", "processing", "recent-done"):
         assert store.get(kept) is not None
+
+
+def test_purge_keeps_a_record_received_at_the_cutoff(store: ShippedStore) -> None:
+    """Records received *before* ``older_than`` go; one received at that instant stays."""
+    cutoff = utcnow() - timedelta(days=7)
+    store.add_many(
+        [
+            record("before", received_at=cutoff - timedelta(seconds=1), status=Status.DONE),
+            record("at", received_at=cutoff, status=Status.DONE),
+            record("at-failed", received_at=cutoff, status=Status.FAILED),
+        ]
+    )
+    assert store.purge(older_than=cutoff) == 1
+    assert store.get("before") is None
+    assert store.get("at") is not None and store.get("at-failed") is not None
 
 
 def test_purge_removes_every_old_record_in_one_call(store: ShippedStore) -> None:
