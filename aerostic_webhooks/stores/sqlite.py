@@ -6,6 +6,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime, timezone
@@ -124,9 +125,12 @@ class _Connection:
         self._connect = connect
         self._retry_busy = retry_busy
         self.retry_busy: float | None = None  # in effect, once the journal mode is known
-        self._lock = threading.Lock()
+        # Reentrant, so that a fork from a thread inside ``use`` does not wait on itself
+        # (see _hold_connections_across_fork).
+        self._lock = threading.RLock()
         self._pid = os.getpid()
         self._conn: sqlite3.Connection | None = self._open()
+        _CONNECTIONS.add(self)
 
     def _open(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -172,7 +176,7 @@ class _Connection:
         held by a thread of the parent at the fork, which would keep it held here forever."""
         with _FORK_LOCK:
             if self._pid != os.getpid():
-                self._lock = threading.Lock()
+                self._lock = threading.RLock()
                 self._conn = None
                 self._pid = os.getpid()
 
@@ -183,6 +187,44 @@ class _Connection:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+
+
+_CONNECTIONS: weakref.WeakSet[_Connection] = weakref.WeakSet()
+_HELD_ACROSS_FORK: list[_Connection] = []
+# How long a fork waits for a thread to leave SQLite: a statement waits for the write lock
+# for at most the store's busy timeout (5 s by default).
+_FORK_WAIT = 10.0
+
+
+def _hold_connections_across_fork() -> None:
+    """Before a fork: wait until no thread of this process is inside SQLite.
+
+    A child forked while a thread was in a transaction inherits SQLite's in-process record
+    of that thread's locks, and its own connections then find the file locked for good: a
+    web worker forked so from a ``gunicorn --preload`` master would answer 503 to every
+    delivery. A fork from inside ``use`` itself cannot be helped, and does not wait.
+    """
+    pid = os.getpid()
+    for connection in list(_CONNECTIONS):
+        if connection._pid == pid and connection._lock.acquire(timeout=_FORK_WAIT):
+            _HELD_ACROSS_FORK.append(connection)
+
+
+def _release_connections_after_fork() -> None:
+    while _HELD_ACROSS_FORK:
+        _HELD_ACROSS_FORK.pop()._lock.release()
+
+
+def _forget_connections_after_fork() -> None:
+    _HELD_ACROSS_FORK.clear()  # the child's connections make new locks (_forked)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_hold_connections_across_fork,
+        after_in_parent=_release_connections_after_fork,
+        after_in_child=_forget_connections_after_fork,
+    )
 
 
 _INSERT = (
