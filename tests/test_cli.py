@@ -1548,33 +1548,30 @@ def signal_arriving_when(
     monkeypatch.setattr(signal, "signal", setting)
 
 
-def test_a_signal_between_the_two_swaps_leaves_no_interrupt_held(
-    demo_handlers: None, monkeypatch: pytest.MonkeyPatch
+def _holding(handler: Any) -> bool:
+    return getattr(handler, "__name__", "") == "hold"
+
+
+def _restored(handler: Any) -> bool:
+    return handler is signal.default_int_handler
+
+
+@pytest.mark.parametrize(
+    ("when", "arriving"),
+    [(_holding, signal.SIGTERM), (_restored, signal.SIGINT)],
+    ids=["SIGTERM between the two swaps", "Ctrl-C between the two restores"],
+)
+def test_a_signal_while_the_handlers_are_swapped_leaves_no_interrupt_held(
+    demo_handlers: None,
+    monkeypatch: pytest.MonkeyPatch,
+    when: Callable[[Any], bool],
+    arriving: int,
 ) -> None:
-    """SIGTERM comes after Ctrl-C's handler was swapped and before its own was: Ctrl-C must
-    not stay held for good."""
+    """A signal that comes once Ctrl-C's handler is swapped (or put back) and before
+    SIGTERM's is must not leave either of them held for good."""
     from aerostic_webhooks import cli as module
 
-    def holding(handler: Any) -> bool:
-        return getattr(handler, "__name__", "") == "hold"
-
-    signal_arriving_when(monkeypatch, signal.SIGINT, holding, signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), module._interrupts_held():
-        pass
-    monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is module._interrupt
-
-
-def test_a_signal_while_the_handlers_are_put_back_leaves_no_interrupt_held(
-    demo_handlers: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from aerostic_webhooks import cli as module
-
-    def restored(handler: Any) -> bool:
-        return handler is signal.default_int_handler
-
-    signal_arriving_when(monkeypatch, signal.SIGINT, restored, signal.SIGINT)
+    signal_arriving_when(monkeypatch, signal.SIGINT, when, arriving)
     with pytest.raises(KeyboardInterrupt), module._interrupts_held():
         pass
     monkeypatch.undo()
