@@ -126,6 +126,9 @@ def test_renew_extends_only_the_owners_leases(store: Store) -> None:
     store.add(record("a"))
     store.claim("w1", limit=1, lease=0.1)
     store.renew("w1", ["a"], lease=30)
+    renewed = store.get("a")  # what the inbox and the admin show
+    assert renewed is not None and renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > utcnow() + timedelta(seconds=20)
     store.renew("intruder", ["a"], lease=0.001)
     time.sleep(0.15)
     assert store.claim("w2", limit=1, lease=30) == []
@@ -188,6 +191,18 @@ def test_requeue_refuses_a_record_being_processed(store: Store) -> None:
     store.claim("w", limit=1, lease=30)
     assert store.requeue("a") is False
     assert store.requeue("missing") is False
+
+
+def test_a_record_done_on_a_retry_keeps_the_error_of_the_attempt_before(store: Store) -> None:
+    store.add(record("a"))
+    store.claim("w", limit=1, lease=30)
+    store.reschedule("a", "w", at=utcnow(), error="Boom: once")
+    assert [r.event_id for r in store.claim("w", limit=1, lease=30)] == ["a"]
+    assert store.complete_many("w", ["a"]) == 1
+    kept = store.get("a")
+    assert kept is not None and kept.status is Status.DONE
+    assert kept.last_error == "Boom: once"
+    assert kept.attempts == 2
 
 
 def test_complete_and_requeue_a_done_record(store: Store) -> None:
