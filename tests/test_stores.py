@@ -398,6 +398,8 @@ def test_a_hung_redis_refuses_a_delivery_within_one_timeout() -> None:
             with pytest.raises(StoreUnavailable):
                 store.add(record("a"))
             assert time.monotonic() - started < 0.55
+        with pytest.raises(StoreUnavailable):  # the asyncio adapters' batch: a 503 too
+            store.add_many([record("b"), record("c")])
         store.close()
 
 
