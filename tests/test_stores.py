@@ -334,8 +334,9 @@ def test_a_record_added_with_an_error_keeps_it(store: Store) -> None:
     assert (kept.status, kept.attempts, kept.last_error) == (Status.FAILED, 6, "CRM said no")
 
 
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-lfu", "allkeys-random"])
 def test_redis_store_warns_once_when_its_server_may_evict_records(
-    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture, policy: str
 ) -> None:
     import redis
 
@@ -349,11 +350,11 @@ def test_redis_store_warns_once_when_its_server_may_evict_records(
         admin.config_set("maxmemory-policy", "noeviction")
         store.add(record("a"))
         assert "maxmemory-policy" not in caplog.text
-        admin.config_set("maxmemory-policy", "allkeys-lru")
+        admin.config_set("maxmemory-policy", policy)
         fresh = RedisStore(redis_url, prefix=redis_prefix)
         fresh.add(record("b"))
         fresh.add_many([record("c")])
-        warnings = [r for r in caplog.records if "maxmemory-policy is allkeys-lru" in r.message]
+        warnings = [r for r in caplog.records if f"maxmemory-policy is {policy}" in r.message]
         assert len(warnings) == 1 and warnings[0].levelname == "ERROR"
         fresh.close()
     finally:
