@@ -195,9 +195,14 @@ def _server(receiver: WebhookReceiver, host: str, port: int) -> Any:
     return uvicorn.Server(config)
 
 
+_OUTPUT_LOCK = threading.Lock()
+
+
 def _printer(event: Event) -> None:
-    # Ids only: never phone numbers or message text.
-    print(f"handled {event.event} {current_event_id()}", flush=True)
+    # Ids only: never phone numbers or message text. Under a lock: handlers run on several
+    # threads, and print() writes a line and its newline apart, so two lines could merge.
+    with _OUTPUT_LOCK:
+        print(f"handled {event.event} {current_event_id()}", flush=True)
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:
