@@ -24,8 +24,10 @@ __all__ = [
     "LoopThread",
     "Worker",
     "check_settings",
+    "lease_works",
     "new_owner_id",
     "offset_fits",
+    "retention_works",
 ]
 
 logger = logging.getLogger("aerostic_webhooks")
@@ -68,17 +70,27 @@ def offset_fits(seconds: float) -> bool:
     return True
 
 
+def lease_works(seconds: float) -> bool:
+    """Whether a worker can hold leases of this many seconds."""
+    return seconds > 0 and offset_fits(seconds)
+
+
+def retention_works(retention: timedelta) -> bool:
+    """Whether a worker can keep records this long: positive, and a date can be that old."""
+    return retention > timedelta(0) and offset_fits(retention.total_seconds())
+
+
 def check_settings(
     *, concurrency: int, lease_seconds: float, retry_delays: Sequence[float], retention: timedelta
 ) -> None:
     """Raise ``ValueError`` for a setting a worker could not work with."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    if not (lease_seconds > 0 and offset_fits(lease_seconds)):
+    if not lease_works(lease_seconds):
         raise ValueError("lease_seconds must be a positive, finite number of seconds")
     if not all(delay >= 0 and offset_fits(delay) for delay in retry_delays):
         raise ValueError("retry delays must be finite numbers of seconds, none negative")
-    if not (retention > timedelta(0) and offset_fits(retention.total_seconds())):
+    if not retention_works(retention):
         raise ValueError("retention must be a positive timedelta that a date can be off by")
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from django.conf import settings
 
 from ..receiver import DEFAULT_MAX_BODY_BYTES
-from ..worker import offset_fits
+from ..worker import lease_works, offset_fits, retention_works
 
 __all__ = ["WebhookSettings", "webhook_settings"]
 
@@ -60,11 +60,7 @@ def webhook_settings() -> WebhookSettings:
     retention = raw.get("RETENTION", timedelta(days=7))
     if isinstance(retention, (int, float)) and not isinstance(retention, bool):
         retention = timedelta(seconds=retention) if offset_fits(retention) else None
-    if (
-        not isinstance(retention, timedelta)
-        or retention <= timedelta(0)
-        or not offset_fits(retention.total_seconds())
-    ):
+    if not isinstance(retention, timedelta) or not retention_works(retention):
         problems.append(
             ("E003", f"{SETTING}['RETENTION'] must be a positive timedelta or seconds, finite")
         )
@@ -83,7 +79,7 @@ def webhook_settings() -> WebhookSettings:
     if (
         not isinstance(lease_seconds, (int, float))
         or isinstance(lease_seconds, bool)
-        or not (lease_seconds > 0 and offset_fits(lease_seconds))
+        or not lease_works(lease_seconds)
     ):
         problems.append(("E006", f"{SETTING}['LEASE_SECONDS'] must be a positive, finite number"))
         lease_seconds = 30.0
