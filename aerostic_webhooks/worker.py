@@ -83,7 +83,21 @@ def retention_works(retention: timedelta) -> bool:
 def check_settings(
     *, concurrency: int, lease_seconds: float, retry_delays: Sequence[float], retention: timedelta
 ) -> None:
-    """Raise ``ValueError`` for a setting a worker could not work with."""
+    """Raise ``ValueError`` for a setting a worker could not work with (``TypeError`` for the
+    wrong kind of value), naming the setting rather than failing in a comparison."""
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool):
+        raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
+    if not _is_number(lease_seconds):
+        raise TypeError(f"lease_seconds must be a number, got {type(lease_seconds).__name__}")
+    if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Sequence):
+        raise TypeError(
+            f"retry_delays must be a sequence of numbers, got {type(retry_delays).__name__}"
+        )
+    for delay in retry_delays:
+        if not _is_number(delay):
+            raise TypeError(f"retry delays must be numbers, got {type(delay).__name__}")
+    if not isinstance(retention, timedelta):
+        raise TypeError(f"retention must be a datetime.timedelta, got {type(retention).__name__}")
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     if not lease_works(lease_seconds):
@@ -92,6 +106,10 @@ def check_settings(
         raise ValueError("retry delays must be finite numbers of seconds, none negative")
     if not retention_works(retention):
         raise ValueError("retention must be a positive timedelta that a date can be off by")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def new_owner_id() -> str:

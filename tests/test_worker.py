@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -1032,6 +1033,29 @@ def test_a_worker_setting_that_could_not_work_is_refused(
         WebhookReceiver(SECRET, store=MemoryStore(), **setting)
     with pytest.raises(ValueError, match=message):
         WebhookReceiver(SECRET, **setting)  # the default store: refused before it is made
+    assert not os.path.exists(os.environ["AEROSTIC_WEBHOOKS_DB"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"concurrency": "4"}, "concurrency must be an int, got str"),
+        ({"concurrency": 2.0}, "concurrency must be an int, got float"),
+        ({"lease_seconds": "30"}, "lease_seconds must be a number, got str"),
+        ({"lease_seconds": True}, "lease_seconds must be a number, got bool"),
+        ({"retry_delays": 30}, "retry_delays must be a sequence of numbers, got int"),
+        ({"retry_delays": "30"}, "retry_delays must be a sequence of numbers, got str"),
+        ({"retry_delays": (30, None)}, "retry delays must be numbers, got NoneType"),
+        ({"retention": 3600}, "retention must be a datetime.timedelta, got int"),
+    ],
+    ids=str,
+)
+def test_a_worker_setting_of_the_wrong_kind_is_named(setting: dict[str, Any], message: str) -> None:
+    """Not a bare comparison error from deep inside: the message names the setting."""
+    with pytest.raises(TypeError, match=re.escape(message)):
+        Worker(MemoryStore(), lambda record: None, **setting)
+    with pytest.raises(TypeError, match=re.escape(message)):
+        WebhookReceiver(SECRET, **setting)
     assert not os.path.exists(os.environ["AEROSTIC_WEBHOOKS_DB"])
 
 
