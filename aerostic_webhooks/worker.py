@@ -233,9 +233,10 @@ class Worker:
         self._drained_at = -float("inf")
         # Handled records not yet marked done in the store, from any thread; see _complete.
         self._done: list[Record] = []
-        # Handled records a failed store call did not mark done, by claim, with when that
-        # first failed; housekeeping tries again (see _settle).
-        self._unsettled: list[tuple[str, list[Record], float]] = []
+        # Outcomes a failed store call did not record, by claim: the records, the error
+        # (None: handled, to mark done) and when that first failed; housekeeping tries again
+        # (see _settle).
+        self._unsettled: list[tuple[str, list[Record], str | None, float]] = []
         # Seconds a record takes to run and settle, a moving average; pessimistic at first.
         self._run_seconds = 1.0
         self._idle = 0
@@ -497,6 +498,7 @@ class Worker:
         """Run a record's handlers; a success joins ``_done``, anything else is settled now."""
         started = time.perf_counter()
         error: str | None = "not run"
+        settling = False
         try:
             try:
                 if record.attempts > self._max_attempts and record.last_error == LEASE_LAPSED:
@@ -510,12 +512,15 @@ class Worker:
                 logger.exception("processing %s failed unexpectedly", record.event_id)
                 error = f"{type(exc).__name__}: {exc}"
             if error is not None:
-                self._retry_or_fail(record, error)
+                settling = True
+                self._settle(
+                    record.lease_owner or self.owner, [record], error=error, failing_since=None
+                )
         finally:
             self._run_seconds += (time.perf_counter() - started - self._run_seconds) * 0.2
             if error is None:
                 self._done.append(record)
-            else:
+            elif not settling:
                 self._forget((record,))
 
     def _complete(self) -> None:
@@ -528,52 +533,69 @@ class Worker:
         for record in records:
             by_owner.setdefault(record.lease_owner or self.owner, []).append(record)
         for owner, owned in by_owner.items():
-            self._settle(owner, owned, failing_since=None)
+            self._settle(owner, owned, error=None, failing_since=None)
 
     def _complete_unsettled(self, *, last_try: bool = False) -> None:
-        """Try again to mark done what a failed store call left handled but not recorded."""
+        """Try again to record the outcomes that a failed store call left unrecorded."""
         if not self._unsettled:
             return
         with self._changed:
             unsettled, self._unsettled = self._unsettled, []
-        for owner, owned, failing_since in unsettled:
-            self._settle(owner, owned, failing_since=failing_since, last_try=last_try)
+        for owner, owned, error, failing_since in unsettled:
+            self._settle(owner, owned, error=error, failing_since=failing_since, last_try=last_try)
 
     def _settle(
         self,
         owner: str,
         records: list[Record],
         *,
+        error: str | None,
         failing_since: float | None,
         last_try: bool = False,
     ) -> None:
-        """Mark one claim's handled records done.
+        """Record the outcome of one claim's records: done, or (with ``error``) the failure
+        of its one record, to retry later or keep as failed.
 
         If the store call fails, the records stay leased and housekeeping tries again for up
-        to a lease: left to lapse at once, their leases would have them run again, and a
-        record on its last attempt would end failed although its handler succeeded. After
-        that, or at close, they are left to their leases.
+        to a lease: left to lapse at once, their leases would have them run again, a record
+        on its last attempt would end failed although its handler succeeded, and a failure
+        would be kept as "lease expired" instead of the handler's error. After that, or at
+        close, they are left to their leases.
         """
         try:
-            self.store.complete_many(owner, [record.event_id for record in records])
+            if error is None:
+                self.store.complete_many(owner, [record.event_id for record in records])
+            else:
+                self._retry_or_fail(owner, records[0], error)
         except Exception:
             now = time.monotonic()
             since = now if failing_since is None else failing_since
+            outcome, then = (
+                (
+                    f"mark {len(records)} handled records done",
+                    "they run again once their leases end",
+                )
+                if error is None
+                else (
+                    f"record the failure of {records[0].event_id}",
+                    "it runs again once its lease ends",
+                )
+            )
             if last_try or now - since >= self._lease:
                 logger.warning(
-                    "could not mark %d handled records done for %.1fs; they run again once "
-                    "their leases end",
-                    len(records),
+                    "could not %s for %.1fs; %s",
+                    outcome,
                     now - since,
+                    then,
                     exc_info=True,
                 )
             else:
                 with self._changed:
-                    self._unsettled.append((owner, records, since))
+                    self._unsettled.append((owner, records, error, since))
                 logger.log(
                     logging.WARNING if failing_since is None else logging.DEBUG,
-                    "could not mark %d handled records done; trying again while their leases last",
-                    len(records),
+                    "could not %s; trying again while the lease lasts",
+                    outcome,
                     exc_info=True,
                 )
                 return
@@ -593,34 +615,26 @@ class Worker:
             if self._draining:
                 self._changed.notify_all()
 
-    def _retry_or_fail(self, record: Record, error: str) -> None:
+    def _retry_or_fail(self, owner: str, record: Record, error: str) -> None:
         """Record a failure: pending again after the backoff delay, or failed for good."""
-        owner = record.lease_owner or self.owner
-        try:
-            if record.attempts >= self._max_attempts:
-                self.store.fail(record.event_id, owner, error=error)
-                logger.error(
-                    "%s failed after %d attempts; kept as failed (retry it with retry())",
-                    record.event_id,
-                    record.attempts,
-                )
-            else:
-                delay = self._retry_delays[record.attempts - 1]
-                at = utcnow() + timedelta(seconds=delay)
-                self.store.reschedule(record.event_id, owner, at=at, error=error)
-                self.wake()  # it may be due at once, and a claim under way may have missed it
-                logger.warning(
-                    "%s will be retried in %gs (attempt %d of %d failed)",
-                    record.event_id,
-                    delay,
-                    record.attempts,
-                    self._max_attempts,
-                )
-        except Exception:
-            logger.warning(
-                "could not record the outcome of %s; it is retried when its lease ends",
+        if record.attempts >= self._max_attempts:
+            self.store.fail(record.event_id, owner, error=error)
+            logger.error(
+                "%s failed after %d attempts; kept as failed (retry it with retry())",
                 record.event_id,
-                exc_info=True,
+                record.attempts,
+            )
+        else:
+            delay = self._retry_delays[record.attempts - 1]
+            at = utcnow() + timedelta(seconds=delay)
+            self.store.reschedule(record.event_id, owner, at=at, error=error)
+            self.wake()  # it may be due at once, and a claim under way may have missed it
+            logger.warning(
+                "%s will be retried in %gs (attempt %d of %d failed)",
+                record.event_id,
+                delay,
+                record.attempts,
+                self._max_attempts,
             )
 
     def _housekeeping(self, finished: threading.Event) -> None:

@@ -1274,6 +1274,10 @@ class HiccupStore(MemoryStore):
         self._hiccup("reschedule")
         return super().reschedule(event_id, owner, at=at, error=error)
 
+    def fail(self, event_id: str, owner: str, *, error: str) -> bool:
+        self._hiccup("fail")
+        return super().fail(event_id, owner, error=error)
+
     def purge(self, *, older_than: datetime) -> int:
         self._hiccup("purge")
         return super().purge(older_than=older_than)
@@ -1335,6 +1339,38 @@ def test_a_success_the_store_failed_to_record_is_recorded_later_not_run_again(
     assert runs == ["e1"]
     warnings = [r for r in caplog.records if "could not mark" in r.getMessage()]
     assert [r.levelname for r in warnings] == ["WARNING"]
+
+
+@pytest.mark.parametrize(
+    ("method", "retry_delays", "status"),
+    [("reschedule", (3600,), Status.PENDING), ("fail", (), Status.FAILED)],
+)
+def test_a_failure_the_store_failed_to_record_keeps_the_handlers_error(
+    method: str, retry_delays: tuple[float, ...], status: Status
+) -> None:
+    """Recorded later, not left to its lease: the retry waits its delay rather than running
+    at once, and a last attempt ends with the handler's error, not "lease expired"."""
+    store = HiccupStore(method)
+    runs: list[str] = []
+    with WebhookReceiver(
+        SECRET, store=store, retry_delays=retry_delays, lease_seconds=0.3
+    ) as webhooks:
+
+        @webhooks.on("*")
+        def handle(event: Event) -> None:
+            runs.append(event.data.id)
+            raise ValueError("CRM is down")
+
+        event_id = deliver(webhooks, id="e1")
+        assert wait_until(lambda: status_of(store, event_id) is status)
+        time.sleep(0.5)  # past the lease
+        assert webhooks.drain(5)
+    assert store.failed
+    record = store.get(event_id)
+    assert record is not None
+    assert (record.status, record.attempts) == (status, 1)
+    assert record.last_error == "ValueError: CRM is down"
+    assert runs == ["e1"]
 
 
 class RefusingStore(MemoryStore):
