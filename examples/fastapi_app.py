@@ -16,6 +16,9 @@ from aerostic_webhooks import Event, MessageFailed, MessageReceived, WebhookRece
 from aerostic_webhooks.fastapi import verified_event, webhook_router
 
 logger = logging.getLogger("examples.fastapi_app")
+# So that uvicorn shows what the handlers log; a no-op where the host already
+# configured logging. Your own app configures logging its own way.
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 # The secret comes from $AEROSTIC_WEBHOOK_SECRET: without it, this fails here, at start-up.
 webhooks = WebhookReceiver()

@@ -22,6 +22,9 @@ from aerostic_webhooks import (
 from aerostic_webhooks.flask import webhook_blueprint
 
 logger = logging.getLogger("examples.flask_app")
+# So that `flask run` or gunicorn shows what the handlers log; a no-op where the host already
+# configured logging. Your own app configures logging its own way.
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 # The secret comes from $AEROSTIC_WEBHOOK_SECRET: without it, this fails here, at start-up.
 webhooks = WebhookReceiver()

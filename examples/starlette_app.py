@@ -16,6 +16,9 @@ from aerostic_webhooks import ContactCreated, MessageReceived, WebhookReceiver
 from aerostic_webhooks.starlette import webhook_lifespan, webhook_route
 
 logger = logging.getLogger("examples.starlette_app")
+# So that uvicorn shows what the handlers log; a no-op where the host already
+# configured logging. Your own app configures logging its own way.
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 # The secret comes from $AEROSTIC_WEBHOOK_SECRET: without it, this fails here, at start-up.
 webhooks = WebhookReceiver()
