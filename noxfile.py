@@ -45,7 +45,7 @@ MATRIX_PYTHONS = {
 # Flask 2.3 asks for Werkzeug>=2.3 and is tested with that oldest Werkzeug.
 FLASK_OLDEST = [*lowest("flask"), "werkzeug==2.3"]
 OLDEST = [
-    *lowest("pydantic", "django", "starlette", "fastapi", "redis", "httpx"),
+    *lowest("pydantic", "django", "starlette", "fastapi", "redis", "httpx", "uvicorn"),
     *FLASK_OLDEST,
 ]
 
