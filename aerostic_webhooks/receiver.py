@@ -29,7 +29,14 @@ from .leases import LeaseKeeper
 from .signature import SIGNATURE_HEADER, Secrets, signing_keys, verify_with_keys
 from .stores.base import Record, Status, Store, utcnow
 from .stores.sqlite import SQLiteStore
-from .worker import DEFAULT_RETRY_DELAYS, LoopThread, Worker, check_settings, new_owner_id
+from .worker import (
+    DEFAULT_RETRY_DELAYS,
+    LoopThread,
+    Worker,
+    check_settings,
+    new_owner_id,
+    read_retry_delays,
+)
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "Headers", "Receipt", "WebhookReceiver", "default_event_id"]
 
@@ -153,7 +160,7 @@ class WebhookReceiver:
         process: Literal["background", "inline", "external"] = "background",
         event_id: Callable[[Event], str] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+        retry_delays: Iterable[float] = DEFAULT_RETRY_DELAYS,
         concurrency: int = 4,
         lease_seconds: float = 30.0,
         retention: timedelta = timedelta(days=7),
@@ -168,6 +175,7 @@ class WebhookReceiver:
             )
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive")
+        retry_delays = read_retry_delays(retry_delays)  # read once: it may be a generator
         check_settings(  # before the default store makes its file
             concurrency=concurrency,
             lease_seconds=lease_seconds,

@@ -6,16 +6,17 @@ import asyncio
 import collections
 import itertools
 import logging
+import operator
 import os
 import queue
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
-from typing import TypeVar
+from typing import SupportsIndex, TypeVar
 
 from .stores.base import LEASE_LAPSED, Record, Store, utcnow
 
@@ -27,6 +28,7 @@ __all__ = [
     "lease_works",
     "new_owner_id",
     "offset_fits",
+    "read_retry_delays",
     "retention_works",
 ]
 
@@ -81,31 +83,43 @@ def retention_works(retention: timedelta) -> bool:
 
 
 def check_settings(
-    *, concurrency: int, lease_seconds: float, retry_delays: Sequence[float], retention: timedelta
+    *, concurrency: int, lease_seconds: float, retry_delays: Iterable[float], retention: timedelta
 ) -> None:
     """Raise ``ValueError`` for a setting a worker could not work with (``TypeError`` for the
-    wrong kind of value), naming the setting rather than failing in a comparison."""
-    if not isinstance(concurrency, int) or isinstance(concurrency, bool):
+    wrong kind of value), naming the setting rather than failing in a comparison.
+
+    ``retry_delays`` is read once: pass what ``read_retry_delays`` made of a generator."""
+    # An integer of another kind (numpy's) does too: what range() takes.
+    if isinstance(concurrency, bool) or not isinstance(concurrency, SupportsIndex):
         raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
     if not _is_number(lease_seconds):
         raise TypeError(f"lease_seconds must be a number, got {type(lease_seconds).__name__}")
-    if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Sequence):
+    if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Iterable):
         raise TypeError(
             f"retry_delays must be a sequence of numbers, got {type(retry_delays).__name__}"
         )
-    for delay in retry_delays:
+    delays = tuple(retry_delays)
+    for delay in delays:
         if not _is_number(delay):
             raise TypeError(f"retry delays must be numbers, got {type(delay).__name__}")
     if not isinstance(retention, timedelta):
         raise TypeError(f"retention must be a datetime.timedelta, got {type(retention).__name__}")
-    if concurrency < 1:
+    if operator.index(concurrency) < 1:
         raise ValueError("concurrency must be at least 1")
     if not lease_works(lease_seconds):
         raise ValueError("lease_seconds must be a positive, finite number of seconds")
-    if not all(delay >= 0 and offset_fits(delay) for delay in retry_delays):
+    if not all(delay >= 0 and offset_fits(delay) for delay in delays):
         raise ValueError("retry delays must be finite numbers of seconds, none negative")
     if not retention_works(retention):
         raise ValueError("retention must be a positive timedelta that a date can be off by")
+
+
+def read_retry_delays(retry_delays: Iterable[float]) -> Sequence[float]:
+    """``retry_delays`` as a tuple if it is one of any kind (a list, a generator, an array),
+    else as given, for ``check_settings`` to name: checked, a generator would be used up."""
+    if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Iterable):
+        return retry_delays
+    return tuple(retry_delays)
 
 
 def _is_number(value: object) -> bool:
@@ -182,13 +196,14 @@ class Worker:
         *,
         concurrency: int = 4,
         lease_seconds: float = 30.0,
-        retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+        retry_delays: Iterable[float] = DEFAULT_RETRY_DELAYS,
         poll_interval: float = 1.0,
         retention: timedelta = timedelta(days=7),
         purge_interval: float = 3600.0,
         coalesce_seconds: float = 0.01,
         context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
+        retry_delays = read_retry_delays(retry_delays)
         check_settings(
             concurrency=concurrency,
             lease_seconds=lease_seconds,
@@ -197,7 +212,7 @@ class Worker:
         )
         self.store = store
         self._process = process
-        self._concurrency = concurrency
+        self._concurrency = operator.index(concurrency)
         self._lease = lease_seconds
         self._retry_delays = tuple(retry_delays)
         self._max_attempts = len(self._retry_delays) + 1  # read once per record

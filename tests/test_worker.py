@@ -7,7 +7,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -1057,6 +1057,57 @@ def test_a_worker_setting_of_the_wrong_kind_is_named(setting: dict[str, Any], me
     with pytest.raises(TypeError, match=re.escape(message)):
         WebhookReceiver(SECRET, **setting)
     assert not os.path.exists(os.environ["AEROSTIC_WEBHOOKS_DB"])
+
+
+class Count:
+    """An integer that is not an ``int``, as numpy's are: ``range()`` takes it."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def test_concurrency_may_be_an_integer_of_another_kind() -> None:
+    """As numpy's are: the kind check refuses what never worked (2.0), not what did."""
+    two: Any = Count(2)
+    assert Worker(MemoryStore(), lambda record: None, concurrency=two)._concurrency == 2
+    with WebhookReceiver(SECRET, store=MemoryStore(), concurrency=two) as webhooks:
+        webhooks.on("*")(lambda event: None)
+        event_id = deliver(webhooks)
+        assert webhooks.drain(5)
+        assert status_of(webhooks.store, event_id) is Status.DONE
+
+
+@pytest.mark.parametrize(
+    "delays",
+    [
+        lambda: map(float, ["0", "0"]),  # as from a setting "0,0" split
+        lambda: (float(d) for d in (0, 0)),
+        {"first": 0.0, "then": 0.0}.values,
+    ],
+    ids=["map", "generator", "dict-values"],
+)
+def test_retry_delays_may_come_in_any_iterable_a_generator_read_once(
+    delays: Callable[[], Iterable[float]],
+) -> None:
+    """The receiver used to check a generator, using it up, and hand its worker no retries
+    at all; since the kind check, a map or dict's values were refused."""
+    assert Worker(MemoryStore(), lambda record: None, retry_delays=delays()).max_attempts == 3
+    runs: list[str] = []
+    with WebhookReceiver(SECRET, store=MemoryStore(), retry_delays=delays()) as webhooks:
+
+        @webhooks.on("*")
+        def fails_twice(event: Event) -> None:
+            runs.append(event.data.id)
+            if len(runs) < 3:
+                raise ValueError("not yet")
+
+        event_id = deliver(webhooks, id="e1")
+        assert webhooks.drain(5)
+    assert status_of(webhooks.store, event_id) is Status.DONE
+    assert runs == ["e1"] * 3
 
 
 def test_the_longest_settings_a_date_can_express_are_accepted() -> None:
