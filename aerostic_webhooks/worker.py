@@ -547,8 +547,7 @@ class Worker:
         by_owner: dict[str, list[Record]] = {}
         for record in records:
             by_owner.setdefault(record.lease_owner or self.owner, []).append(record)
-        for owner, owned in by_owner.items():
-            self._settle(owner, owned, error=None, failing_since=None)
+        self._settle_each([(owner, owned, None, None) for owner, owned in by_owner.items()])
 
     def _complete_unsettled(self, *, last_try: bool = False) -> None:
         """Try again to record the outcomes that a failed store call left unrecorded."""
@@ -556,8 +555,28 @@ class Worker:
             return
         with self._changed:
             unsettled, self._unsettled = self._unsettled, []
-        for owner, owned, error, failing_since in unsettled:
-            self._settle(owner, owned, error=error, failing_since=failing_since, last_try=last_try)
+        self._settle_each(unsettled, last_try=last_try)
+
+    def _settle_each(
+        self,
+        outcomes: Sequence[tuple[str, list[Record], str | None, float | None]],
+        *,
+        last_try: bool = False,
+    ) -> None:
+        """``_settle`` each claim's outcome (owner, records, error, failing since).
+
+        Should a store call raise a ``BaseException`` (this thread is going down), the claims
+        not yet tried are left to their leases as well: kept in flight with no one to settle
+        them, their leases would be renewed for as long as the worker runs.
+        """
+        for n, (owner, records, error, failing_since) in enumerate(outcomes):
+            try:
+                self._settle(
+                    owner, records, error=error, failing_since=failing_since, last_try=last_try
+                )
+            except BaseException:
+                self._forget([record for _, rest, _, _ in outcomes[n + 1 :] for record in rest])
+                raise
 
     def _settle(
         self,

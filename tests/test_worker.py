@@ -1501,3 +1501,49 @@ def test_close_says_which_handled_records_it_could_not_mark_done(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert not any("still being handled" in m for m in warnings), warnings
     assert any("run again once their leases end" in m for m in warnings), warnings
+
+
+class Interrupted(BaseException):
+    """What a store call may raise past ``except Exception``: the calling thread goes down."""
+
+
+class InterruptingStore(RefusingStore):
+    """A RefusingStore whose ``complete_many`` raises ``Interrupted`` for ``interrupting``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupting: set[str] = set()
+
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        if self.interrupting & set(event_ids):
+            raise Interrupted
+        return super().complete_many(owner, event_ids)
+
+
+@pytest.mark.parametrize("retrying", [False, True], ids=["first-try", "housekeeping-retry"])
+def test_a_thread_going_down_mid_settle_leaves_no_claim_in_flight_for_ever(
+    retrying: bool,
+) -> None:
+    """The claims after the one whose store call raised a BaseException are left to their
+    leases too: kept in flight, housekeeping would renew their leases for as long as the
+    worker runs, and drain() would wait for them until its timeout."""
+    store = InterruptingStore()
+    for name in ("msg_i", "msg_ok"):
+        store.add(Record(f"message.received:{name}", "message.received", b"{}", utcnow()))
+    worker = Worker(store, lambda record: None)
+    claims = [store.claim(f"{worker.owner}:{n}", limit=1, lease=30) for n in range(2)]
+    for [record] in claims:
+        worker._in_flight[record.event_id] = record
+        worker._done.append(record)
+    if retrying:
+        store.down.set()
+        worker._complete()  # an outage: both claims wait for housekeeping
+        assert len(worker._unsettled) == 2
+        store.down.clear()
+    store.interrupting.add("message.received:msg_i")
+    # As a handler thread does, or housekeeping every 0.25 s.
+    settle = worker._complete_unsettled if retrying else worker._complete
+    with pytest.raises(Interrupted):
+        settle()
+    assert worker._in_flight == {}
+    assert worker._unsettled == []
