@@ -652,24 +652,33 @@ class Worker:
     def _retry_or_fail(self, owner: str, record: Record, error: str) -> None:
         """Record a failure: pending again after the backoff delay, or failed for good."""
         if record.attempts >= self._max_attempts:
-            self.store.fail(record.event_id, owner, error=error)
-            logger.error(
-                "%s failed after %d attempts; kept as failed (retry it with retry())",
-                record.event_id,
-                record.attempts,
-            )
+            if self.store.fail(record.event_id, owner, error=error):
+                logger.error(
+                    "%s failed after %d attempts; kept as failed (retry it with retry())",
+                    record.event_id,
+                    record.attempts,
+                )
+                return
         else:
             delay = self._retry_delays[record.attempts - 1]
             at = utcnow() + timedelta(seconds=delay)
-            self.store.reschedule(record.event_id, owner, at=at, error=error)
-            self.wake()  # it may be due at once, and a claim under way may have missed it
-            logger.warning(
-                "%s will be retried in %gs (attempt %d of %d failed)",
-                record.event_id,
-                delay,
-                record.attempts,
-                self._max_attempts,
-            )
+            if self.store.reschedule(record.event_id, owner, at=at, error=error):
+                self.wake()  # it may be due at once, and a claim under way may have missed it
+                logger.warning(
+                    "%s will be retried in %gs (attempt %d of %d failed)",
+                    record.event_id,
+                    delay,
+                    record.attempts,
+                    self._max_attempts,
+                )
+                return
+        # The store holds the record under no lease of ours: its lease ran out (renewals
+        # failing as well, say), and it was taken up again or settled already.
+        logger.warning(
+            "could not record the failure of %s: its lease was no longer this worker's "
+            "(taken up again, or settled already)",
+            record.event_id,
+        )
 
     def _housekeeping(self, finished: threading.Event) -> None:
         next_renewal = next_purge = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import threading
@@ -1426,7 +1427,7 @@ def test_a_failure_the_store_failed_to_record_keeps_the_handlers_error(
 
 class RefusingStore(MemoryStore):
     """A MemoryStore whose ``complete_many`` refuses ``poison`` for good, and all while
-    ``down``."""
+    ``down``; ``reschedule`` and ``fail`` refuse all while ``down`` too."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -1439,6 +1440,18 @@ class RefusingStore(MemoryStore):
             self.refusals += 1
             raise ConnectionError("refused")
         return super().complete_many(owner, event_ids)
+
+    def reschedule(self, event_id: str, owner: str, *, at: datetime, error: str) -> bool:
+        if self.down.is_set():
+            self.refusals += 1
+            raise ConnectionError("refused")
+        return super().reschedule(event_id, owner, at=at, error=error)
+
+    def fail(self, event_id: str, owner: str, *, error: str) -> bool:
+        if self.down.is_set():
+            self.refusals += 1
+            raise ConnectionError("refused")
+        return super().fail(event_id, owner, error=error)
 
 
 def test_close_records_a_success_the_store_failed_to_record() -> None:
@@ -1547,3 +1560,40 @@ def test_a_thread_going_down_mid_settle_leaves_no_claim_in_flight_for_ever(
         settle()
     assert worker._in_flight == {}
     assert worker._unsettled == []
+
+
+@pytest.mark.parametrize(
+    ("retry_delays", "claimed"),
+    [((3600,), "will be retried"), ((), "kept as failed")],
+    ids=["reschedule", "fail"],
+)
+def test_a_failure_whose_lease_was_taken_meanwhile_is_not_logged_as_recorded(
+    caplog: pytest.LogCaptureFixture, retry_delays: tuple[float, ...], claimed: str
+) -> None:
+    """Tried again after an outage in which its lease ran out and another worker took the
+    record up, the store call changes nothing (``False``): the log must not say the retry
+    was scheduled, or the record kept as failed, while another worker is running it."""
+    store = RefusingStore()
+    event_id = "message.received:msg_l"
+    store.add(Record(event_id, "message.received", b"{}", utcnow()))
+    worker = Worker(store, lambda record: None, retry_delays=retry_delays)
+    # A lease that has already run out: renewals failed through the outage as well.
+    [record] = store.claim(f"{worker.owner}:0", limit=1, lease=0)
+    worker._in_flight[event_id] = record
+    store.down.set()
+    worker._settle(
+        f"{worker.owner}:0", [record], error="ValueError: CRM is down", failing_since=None
+    )
+    assert len(worker._unsettled) == 1
+    [taken] = store.claim("another-worker", limit=1, lease=30)
+    store.down.clear()
+    worker._complete_unsettled()  # as housekeeping does every 0.25 s
+    assert worker._in_flight == {}
+    assert worker._unsettled == []
+    assert store.get(event_id) == taken
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any(claimed in message for message in messages), messages
+    assert any(
+        f"could not record the failure of {event_id}: its lease was no longer" in message
+        for message in messages
+    ), messages
