@@ -1513,7 +1513,11 @@ def test_close_says_which_handled_records_it_could_not_mark_done(
     webhooks.close(timeout=1)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert not any("still being handled" in m for m in warnings), warnings
-    assert any("run again once their leases end" in m for m in warnings), warnings
+    # One attempt only (retry_delays=()): taken back once its lease ends, it is not run again.
+    assert any(
+        "could not mark 1 handled records done" in m and "kept as failed ('lease expired')" in m
+        for m in warnings
+    ), warnings
 
 
 class Interrupted(BaseException):
@@ -1597,3 +1601,52 @@ def test_a_failure_whose_lease_was_taken_meanwhile_is_not_logged_as_recorded(
         f"could not record the failure of {event_id}: its lease was no longer" in message
         for message in messages
     ), messages
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["handled", "failed"])
+def test_giving_up_on_a_last_attempt_says_it_ends_failed_not_that_it_runs_again(
+    caplog: pytest.LogCaptureFixture, fails: bool
+) -> None:
+    """Its attempts spent, a record left to its lease is not run again: the claim that takes
+    it back keeps it as failed with "lease expired", and the warning must say so."""
+    store = RefusingStore()
+    store.down.set()
+    runs: list[str] = []
+    with WebhookReceiver(SECRET, store=store, retry_delays=(), lease_seconds=0.3) as webhooks:
+
+        @webhooks.on("*")
+        def handle(event: Event) -> None:
+            runs.append(event.data.id)
+            if fails:
+                raise ValueError("CRM is down")
+
+        event_id = deliver(webhooks, id="e1")
+
+        def gave_up() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.levelno == logging.WARNING
+                and re.match(r"could not .* for [0-9.]+s; ", r.getMessage())
+            ]
+
+        assert wait_until(lambda: bool(gave_up()))
+        store.down.clear()
+        assert wait_until(lambda: status_of(store, event_id) is Status.FAILED)
+    record = store.get(event_id)
+    assert record is not None and record.last_error is not None
+    assert record.last_error.startswith(LEASE_LAPSED)
+    assert runs == ["e1"]
+    [message] = gave_up()
+    assert "again" not in message, message
+    assert "kept as failed" in message, message
+
+
+def test_what_a_warning_says_becomes_of_records_left_to_their_leases() -> None:
+    worker = Worker(MemoryStore(), lambda record: None, retry_delays=(30,))  # two attempts
+    first, last = (Record("e", "m", b"{}", utcnow(), attempts=n) for n in (1, 2))
+    assert worker._after_lease([first]) == "it runs again once its lease ends"
+    assert "its lease ends it is kept as failed ('lease expired')" in worker._after_lease([last])
+    assert worker._after_lease([first, first]) == "they run again once their leases end"
+    assert "1 run again, and 1 are kept as failed" in worker._after_lease([first, last])
+    assert "they are kept as failed" in worker._after_lease([last, last])
