@@ -182,6 +182,7 @@ class WebhookReceiver:
             retry_delays=retry_delays,
             retention=retention,
         )
+        lease_seconds = float(lease_seconds)  # a plain float, as the worker's (numpy's is not)
         self.max_body_bytes = max_body_bytes
         self.process = process
         self._event_id = event_id

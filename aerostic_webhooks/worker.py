@@ -213,8 +213,10 @@ class Worker:
         self.store = store
         self._process = process
         self._concurrency = operator.index(concurrency)
-        self._lease = lease_seconds
-        self._retry_delays = tuple(retry_delays)
+        # Plain floats: a float of another kind (numpy's) keeps its kind through sums, and
+        # RedisStore sends repr(time.time() + lease), which Redis must read as a number.
+        self._lease = float(lease_seconds)
+        self._retry_delays = tuple(float(delay) for delay in retry_delays)
         self._max_attempts = len(self._retry_delays) + 1  # read once per record
         self._poll_interval = poll_interval
         self._retention = retention

@@ -27,7 +27,7 @@ from aerostic_webhooks.stores.base import LEASE_LAPSED, utcnow
 from aerostic_webhooks.testing import sample_body
 from aerostic_webhooks.worker import Worker
 
-from .conftest import SECRET, wait_until
+from .conftest import REDIS_URL, SECRET, wait_until
 
 
 def deliver(webhooks: WebhookReceiver, event_type: str = "message.received", **data: Any) -> str:
@@ -1650,3 +1650,40 @@ def test_what_a_warning_says_becomes_of_records_left_to_their_leases() -> None:
     assert worker._after_lease([first, first]) == "they run again once their leases end"
     assert "1 run again, and 1 are kept as failed" in worker._after_lease([first, last])
     assert "they are kept as failed" in worker._after_lease([last, last])
+
+
+class Seconds(float):
+    """A float of another kind, as numpy's float64 is: sums stay of its kind, and its repr
+    is no float's (numpy's: "np.float64(30.0)")."""
+
+    def __add__(self, other: float) -> Seconds:
+        return Seconds(float(self) + other)
+
+    __radd__ = __add__
+
+    def __repr__(self) -> str:
+        return f"Seconds({float(self)})"
+
+
+def test_seconds_given_as_a_float_of_another_kind_work_with_redis(redis_prefix: str) -> None:
+    """RedisStore hands its scripts repr(time.time() + lease): the kind check takes numpy's
+    float64 (a float), but Redis took "np.float64(...)" for no number and refused every
+    claim and renewal."""
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    store = RedisStore(REDIS_URL, prefix=redis_prefix)
+    runs: list[str] = []
+    with WebhookReceiver(
+        SECRET, store=store, lease_seconds=Seconds(30), retry_delays=(Seconds(0),)
+    ) as webhooks:
+
+        @webhooks.on("*")
+        def fails_once(event: Event) -> None:
+            runs.append(event.data.id)
+            if len(runs) == 1:
+                raise ValueError("first run fails")
+
+        event_id = deliver(webhooks, id="e1")
+        assert webhooks.drain(5)
+    assert status_of(store, event_id) is Status.DONE
+    assert runs == ["e1", "e1"]
