@@ -607,16 +607,16 @@ class Worker:
             now = time.monotonic()
             since = now if failing_since is None else failing_since
             outcome = (
-                f"mark {len(records)} handled records done"
+                f"mark {len(records)} handled record(s) done"
                 if error is None
                 else f"record the failure of {records[0].event_id}"
             )
             if last_try or now - since >= self._lease:
                 logger.warning(
-                    "could not %s for %.1fs; %s",
+                    "could not %s for %.1fs; left to the lease: once it ends, a record with "
+                    "attempts left runs again, one with none is kept as failed ('lease expired')",
                     outcome,
                     now - since,
-                    self._after_lease(records),
                     exc_info=True,
                 )
             else:
@@ -633,24 +633,6 @@ class Worker:
             self._forget(records)  # this thread is going down: leave them to their leases
             raise
         self._forget(records)
-
-    def _after_lease(self, records: Sequence[Record]) -> str:
-        """What becomes of records left to their leases, for the log: taken up again once
-        they end, a record with attempts left runs again; one with its attempts spent is
-        kept as failed with "lease expired" (see ``_run``), its handler's outcome lost."""
-        spent = sum(1 for record in records if record.attempts >= self._max_attempts)
-        if len(records) == 1:
-            if spent:
-                return "once its lease ends it is kept as failed ('lease expired'): attempts spent"
-            return "it runs again once its lease ends"
-        if not spent:
-            return "they run again once their leases end"
-        if spent == len(records):
-            return "once their leases end they are kept as failed ('lease expired'): attempts spent"
-        return (
-            f"once their leases end {len(records) - spent} run again, and {spent} are kept as "
-            "failed ('lease expired'): attempts spent"
-        )
 
     def _forget(self, records: Sequence[Record]) -> None:
         """Settled records are no longer this worker's to renew or wait for."""
