@@ -34,6 +34,7 @@ from .worker import (
     LoopThread,
     Worker,
     check_settings,
+    error_text,
     new_owner_id,
     read_retry_delays,
 )
@@ -47,7 +48,6 @@ SECRET_ENV = "AEROSTIC_WEBHOOK_SECRET"  # noqa: S105 (the variable's name, not a
 DB_ENV = "AEROSTIC_WEBHOOKS_DB"
 DEFAULT_DB = "aerostic_webhooks.sqlite3"
 _MAX_EVENT_ID = 512
-_MAX_ERROR_TEXT = 4000
 
 Headers = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[Any, Any]]
 #: Header types with a ``getlist`` that keep the lines of a repeated header apart, as ASGI
@@ -136,10 +136,6 @@ def _pattern_matches(pattern: str, event_type: str) -> bool:
     if pattern.endswith(".*"):
         return event_type.startswith(pattern[:-1])
     return pattern == event_type
-
-
-def _error_text(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:_MAX_ERROR_TEXT]
 
 
 class WebhookReceiver:
@@ -439,7 +435,7 @@ class WebhookReceiver:
             except InvalidPayload as error:
                 return error.reason
         errors = self._run_handlers(event, record.event_id)
-        return _error_text(errors[0]) if errors else None
+        return error_text(errors[0]) if errors else None
 
     def _run_handlers(self, event: Event, event_id: str) -> list[BaseException]:
         """Run every matching handler in order; a failure does not stop the ones after it."""

@@ -25,6 +25,7 @@ __all__ = [
     "LoopThread",
     "Worker",
     "check_settings",
+    "error_text",
     "lease_works",
     "new_owner_id",
     "offset_fits",
@@ -120,6 +121,24 @@ def read_retry_delays(retry_delays: Iterable[float]) -> Sequence[float]:
     if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Iterable):
         return retry_delays
     return tuple(retry_delays)
+
+
+_MAX_ERROR_TEXT = 4000
+
+
+def error_text(error: BaseException) -> str:
+    """``"ValueError: CRM is down"``: an error as a record keeps it, text every store takes.
+
+    A message may hold what no store can write (a lone surrogate from ``surrogateescape``
+    text, a NUL for PostgreSQL), or its ``__str__`` may raise; then the outcome of the record
+    could never be recorded.
+    """
+    try:
+        text = f"{type(error).__name__}: {error}"
+    except Exception:
+        text = f"{type(error).__name__}: <its message could not be read>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return text[:_MAX_ERROR_TEXT]
 
 
 def _is_number(value: object) -> bool:
@@ -527,7 +546,7 @@ class Worker:
                     error = self._process(record)
             except BaseException as exc:  # process() reports handler errors; this is our bug
                 logger.exception("processing %s failed unexpectedly", record.event_id)
-                error = f"{type(exc).__name__}: {exc}"
+                error = error_text(exc)
             if error is not None:
                 settling = True
                 self._settle(

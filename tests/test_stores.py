@@ -15,6 +15,7 @@ import pytest
 from aerostic_webhooks import MemoryStore, SQLiteStore, StoreUnavailable
 from aerostic_webhooks.stores import Record, Status, Store
 from aerostic_webhooks.stores.base import LEASE_LAPSED, utcnow
+from aerostic_webhooks.worker import error_text
 
 
 class ShippedStore(Store, Protocol):
@@ -167,6 +168,22 @@ def test_fail_keeps_the_error_and_requeue_brings_it_back(store: Store) -> None:
     again = store.claim("w", limit=5, lease=30)
     assert {r.event_id for r in again} == {"a", "b"}
     assert all(r.attempts == 1 for r in again)  # a requeue starts the attempts afresh
+
+
+def test_every_store_keeps_any_error_text_a_worker_makes(store: Store) -> None:
+    """A handler's message may hold a lone surrogate (``surrogateescape`` text) or a NUL,
+    which SQLite, Redis or PostgreSQL would refuse: the record's failure could then never
+    be recorded."""
+    text = error_text(ValueError("caf\udce9 \x00 ok"))
+    assert text == "ValueError: caf\\udce9 \\x00 ok"
+    store.add(record("a"))
+    store.add(record("b"))
+    first, second = store.claim("w", limit=2, lease=30)
+    assert store.reschedule(first.event_id, "w", at=utcnow(), error=text)
+    assert store.fail(second.event_id, "w", error=text)
+    for event_id in ("a", "b"):
+        kept = store.get(event_id)
+        assert kept is not None and kept.last_error == text
 
 
 def test_requeue_failed_leaves_done_and_scheduled_records_alone(store: Store) -> None:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1422,6 +1423,41 @@ def test_a_failure_the_store_failed_to_record_keeps_the_handlers_error(
     assert record is not None
     assert (record.status, record.attempts) == (status, 1)
     assert record.last_error == "ValueError: CRM is down"
+    assert runs == ["e1"]
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+@pytest.mark.parametrize(
+    ("error", "kept"),
+    [
+        (ValueError("caf\udce9"), "ValueError: caf\\udce9"),
+        (ValueError("a\x00b"), "ValueError: a\\x00b"),
+        (Unprintable(), "Unprintable: <its message could not be read>"),
+    ],
+    ids=["lone-surrogate", "nul", "str-raises"],
+)
+def test_a_handlers_error_is_kept_whatever_its_message(
+    tmp_path: Path, error: Exception, kept: str
+) -> None:
+    """Not a store error on every try to record it, until its lease lapses."""
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    runs: list[str] = []
+    with WebhookReceiver(SECRET, store=store, retry_delays=(3600,)) as webhooks:
+
+        @webhooks.on("*")
+        def handle(event: Event) -> None:
+            runs.append(event.data.id)
+            raise error
+
+        event_id = deliver(webhooks, id="e1")
+        assert webhooks.drain(5)
+        record = store.get(event_id)
+    assert record is not None
+    assert (record.status, record.attempts, record.last_error) == (Status.PENDING, 1, kept)
     assert runs == ["e1"]
 
 
