@@ -619,7 +619,14 @@ class Worker:
         """
         try:
             if error is None:
-                self.store.complete_many(owner, [record.event_id for record in records])
+                done = self.store.complete_many(owner, [record.event_id for record in records])
+                if isinstance(done, int) and done < len(records):
+                    logger.warning(
+                        "%d of %d handled records were no longer this worker's to mark done "
+                        "(their leases ran out): they run again",
+                        len(records) - done,
+                        len(records),
+                    )
             else:
                 self._retry_or_fail(owner, records[0], error)
         except Exception:

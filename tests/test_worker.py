@@ -1639,6 +1639,26 @@ def test_a_failure_whose_lease_was_taken_meanwhile_is_not_logged_as_recorded(
     ), messages
 
 
+def test_a_success_whose_lease_was_taken_meanwhile_is_logged_as_not_recorded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Marked done too late (another worker holds it), it runs again: the log says so, as
+    the one explanation a user gets for a handler that ran twice."""
+    store = MemoryStore()
+    for name in ("msg_kept", "msg_lost"):
+        store.add(Record(f"message.received:{name}", "message.received", b"{}", utcnow()))
+    worker = Worker(store, lambda record: None)
+    owner = f"{worker.owner}:0"
+    records = store.claim(owner, limit=2, lease=0)  # leases that ran out meanwhile
+    taken = store.take("message.received:msg_lost", "another-worker", lease=30)
+    assert taken is not None
+    worker._settle(owner, records, error=None, failing_since=None)
+    assert status_of(store, "message.received:msg_kept") is Status.DONE
+    assert status_of(store, "message.received:msg_lost") is Status.PROCESSING
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("1 of 2 handled records were no longer" in m for m in messages), messages
+
+
 @pytest.mark.parametrize("fails", [False, True], ids=["handled", "failed"])
 def test_giving_up_on_a_last_attempt_says_it_may_end_failed(
     caplog: pytest.LogCaptureFixture, fails: bool
