@@ -810,7 +810,7 @@ def test_postgres_keeps_deliveries_and_errors_that_hold_nul() -> None:
         assert receiver.drain(30)
         record = store.get(receipt.event_id)
         assert record is not None and record.status is Status.PENDING  # retried later
-        assert record.last_error == "ValueError: bad byte \ufffd in the CRM's answer"
+        assert record.last_error == "ValueError: bad byte \\x00 in the CRM's answer"
         typed = json.dumps(
             {"event": "odd\x00type", "timestamp": "2024-01-15T10:30:00Z", "data": {}}
         ).encode()
