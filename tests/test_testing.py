@@ -14,6 +14,7 @@ from aerostic_webhooks.testing import (
     deliver_asgi,
     deliver_django,
     deliver_flask,
+    sample_body,
     sample_payload,
 )
 
@@ -40,7 +41,7 @@ def test_the_signer_takes_dicts_bytes_and_event_types(
     contact = sample_payload("contact.created", id="c1")
     expected: list[tuple[Any, Callable[[bytes], bool]]] = [
         (contact, lambda body: json.loads(body) == contact),
-        (b'{"x": 1}', lambda body: body == b'{"x": 1}'),  # bytes are signed as given
+        (b'{"x":1}', lambda body: body == b'{"x":1}'),  # bytes are signed as given, not re-encoded
         ("message.read", lambda body: json.loads(body) == SAMPLE_PAYLOADS["message.read"]),
     ]
     for payload, is_body in expected:
@@ -57,6 +58,15 @@ def test_sample_payload_takes_python_or_wire_names_for_data_fields() -> None:
     read = sample_payload("message.read", read_at="2026-02-01T00:00:00Z")["data"]
     assert read["readAt"] == "2026-02-01T00:00:00Z" and "read_at" not in read
     assert sample_payload("contact.created", source="ads")["data"]["source"] == "ads"
+    delivered = sample_payload("message.delivered", delivered_at=None)["data"]
+    assert "deliveredAt" in delivered and delivered["deliveredAt"] is None  # null, as sent
+
+
+def test_sample_body_keeps_non_ascii_text_as_utf8() -> None:
+    text = "Olá, pedido nº 5 ✓"
+    body = sample_body("message.received", text=text)
+    assert text.encode() in body
+    assert json.loads(body) == sample_payload("message.received", text=text)
 
 
 def test_sample_payload_overrides_data_and_rejects_unknown_types() -> None:
