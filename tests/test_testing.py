@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from aerostic_webhooks import Event, MessageReceived, WebhookReceiver, verify_signature
+from aerostic_webhooks import Event, MessageReceived, WebhookReceiver, sign, verify_signature
 from aerostic_webhooks.testing import (
     SAMPLE_PAYLOADS,
     deliver_asgi,
@@ -17,6 +17,8 @@ from aerostic_webhooks.testing import (
     sample_body,
     sample_payload,
 )
+
+from .conftest import SECRET
 
 
 def test_the_fixtures_are_registered_by_the_plugin(
@@ -76,6 +78,64 @@ def test_sample_payload_overrides_data_and_rejects_unknown_types() -> None:
         sample_payload("order.shipped")
 
 
+def assert_sent_as_aerostic_sends(
+    sent: list[tuple[str, bytes, dict[str, str]]], expected: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Each request went to its path with the payload as body, signed, and declared JSON."""
+    assert [(path, json.loads(body)) for path, body, _ in sent] == expected
+    for _, body, headers in sent:
+        assert headers["X-Aerostic-Signature"] == sign(body, SECRET)
+        assert headers["Content-Type"] == "application/json"
+
+
+def test_deliver_flask_posts_the_signed_payload_to_the_url() -> None:
+    pytest.importorskip("flask", reason="Flask is not installed")
+    import flask
+
+    app = flask.Flask(__name__)
+    sent: list[tuple[str, bytes, dict[str, str]]] = []
+
+    @app.post("/<path:path>")
+    def record(path: str) -> str:
+        sent.append((flask.request.path, flask.request.get_data(), dict(flask.request.headers)))
+        return "ok"
+
+    contact = sample_payload("contact.created", name="Ana")
+    deliver_flask(app.test_client(), "message.read", SECRET)
+    deliver_flask(app.test_client(), contact, SECRET, url="/hooks/mine")
+    assert_sent_as_aerostic_sends(
+        sent,
+        [("/webhooks/aerostic", SAMPLE_PAYLOADS["message.read"]), ("/hooks/mine", contact)],
+    )
+
+
+def test_deliver_asgi_posts_the_signed_payload_to_the_url() -> None:
+    pytest.importorskip("starlette", reason="Starlette is not installed")
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    sent: list[tuple[str, bytes, dict[str, str]]] = []
+
+    async def record(request: Request) -> PlainTextResponse:
+        sent.append((request.url.path, await request.body(), dict(request.headers)))
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/{path:path}", record, methods=["POST"])])
+    contact = sample_payload("contact.created", name="Ana")
+    with TestClient(app) as client:
+        deliver_asgi(client, "message.read", SECRET)
+        deliver_asgi(client, contact, SECRET, url="/hooks/mine")
+    # Starlette gives header names in lower case, as they travel in HTTP/2 and ASGI.
+    sent = [(path, body, {k.title(): v for k, v in h.items()}) for path, body, h in sent]
+    assert_sent_as_aerostic_sends(
+        sent,
+        [("/webhooks/aerostic", SAMPLE_PAYLOADS["message.read"]), ("/hooks/mine", contact)],
+    )
+
+
 def test_deliver_flask(aerostic_receiver: WebhookReceiver, aerostic_secret: str) -> None:
     flask = pytest.importorskip("flask", reason="Flask is not installed")
     from aerostic_webhooks.flask import webhook_blueprint
@@ -100,6 +160,7 @@ def test_deliver_asgi(aerostic_receiver: WebhookReceiver, aerostic_secret: str) 
     aerostic_receiver.on("*")(seen.append)
     with TestClient(app) as client:
         response = deliver_asgi(client, "contact.created", aerostic_secret)
+        assert deliver_asgi(client, "contact.created", "wrong").status_code == 401
     assert (response.status_code, response.json()) == (200, {"received": True})
     assert [event.event for event in seen] == ["contact.created"]
 
@@ -116,6 +177,11 @@ def test_deliver_django() -> None:
         response = deliver_django(Client(), "message.delivered", "whsec_adapter_secret")
         assert response.status_code == 200
         assert deliver_django(Client(), "message.delivered", "wrong").status_code == 401
+        # tests/django_urls.py routes the view at /hooks/ too, and nothing at /elsewhere/.
+        hooks = deliver_django(Client(), "message.read", "whsec_adapter_secret", url="/hooks/")
+        assert hooks.status_code == 200
+        elsewhere = deliver_django(Client(), "message.read", "whsec_adapter_secret", "/elsewhere/")
+        assert elsewhere.status_code == 404
     finally:
         if config._receiver is not None:  # type: ignore[attr-defined]
             config._receiver.close()  # type: ignore[attr-defined]
