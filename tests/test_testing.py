@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from aerostic_webhooks import Event, MessageReceived, WebhookReceiver, sign, verify_signature
+from aerostic_webhooks import (
+    Event,
+    MemoryStore,
+    MessageReceived,
+    WebhookReceiver,
+    sign,
+    verify_signature,
+)
+from aerostic_webhooks.stores import Status
 from aerostic_webhooks.testing import (
     SAMPLE_PAYLOADS,
     deliver_asgi,
@@ -186,3 +194,38 @@ def test_deliver_django() -> None:
         if config._receiver is not None:  # type: ignore[attr-defined]
             config._receiver.close()  # type: ignore[attr-defined]
             config._receiver = None  # type: ignore[attr-defined]
+
+
+def test_the_receiver_retries_at_once_and_dead_letters_on_drain(
+    aerostic_receiver: WebhookReceiver,
+    aerostic_signer: Callable[[Any], tuple[bytes, dict[str, str]]],
+) -> None:
+    assert isinstance(aerostic_receiver.store, MemoryStore)
+    calls: list[str] = []
+
+    @aerostic_receiver.on("*")
+    def flaky(event: Event) -> None:
+        calls.append(event.event)
+        if event.event == "message.failed" or calls.count(event.event) < 3:
+            raise RuntimeError("not yet")
+
+    # A handler's failure is the worker's business: receive() still acknowledges it.
+    flaky_id = aerostic_receiver.receive(*aerostic_signer("message.sent")).event_id
+    failing_id = aerostic_receiver.receive(*aerostic_signer("message.failed")).event_id
+    assert aerostic_receiver.drain(5)
+    assert calls.count("message.sent") == 3  # failed twice, then the second retry succeeded
+    flaky_record = aerostic_receiver.store.get(flaky_id)
+    assert flaky_record is not None and flaky_record.status is Status.DONE
+    failing_record = aerostic_receiver.store.get(failing_id)
+    assert failing_record is not None and failing_record.status is Status.FAILED
+    assert failing_record.last_error is not None and "not yet" in failing_record.last_error
+
+
+def test_the_secret_fixture_can_configure_a_receiver_from_the_environment(
+    aerostic_secret: str,
+    aerostic_signer: Callable[[Any], tuple[bytes, dict[str, str]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AEROSTIC_WEBHOOK_SECRET", aerostic_secret)
+    with WebhookReceiver(store=MemoryStore()) as app_receiver:
+        assert not app_receiver.receive(*aerostic_signer("message.sent")).duplicate
