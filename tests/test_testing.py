@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,3 +234,78 @@ def test_the_secret_fixture_can_configure_a_receiver_from_the_environment(
     monkeypatch.setenv("AEROSTIC_WEBHOOK_SECRET", aerostic_secret)
     with WebhookReceiver(store=MemoryStore()) as app_receiver:
         assert not app_receiver.receive(*aerostic_signer("message.sent")).duplicate
+
+
+USER_TESTS = {
+    "pytest.ini": "",
+    "test_receivers.py": """
+        import threading
+
+        from aerostic_webhooks import WebhookReceiver
+        from aerostic_webhooks.testing import sample_payload
+
+        earlier: list[WebhookReceiver] = []
+
+
+        def test_reply_to_customer(aerostic_receiver, aerostic_signer):
+            replies = []
+            aerostic_receiver.on("message.received")(lambda event: replies.append(event.data.from_))
+            aerostic_receiver.receive(*aerostic_signer(sample_payload("message.received", id="m1")))
+            aerostic_receiver.drain()
+            assert replies == ["+919876543210"]
+            earlier.append(aerostic_receiver)
+
+
+        def test_each_test_has_a_fresh_receiver_and_the_last_one_was_closed(
+            aerostic_receiver, aerostic_signer
+        ):
+            running = [t.name for t in threading.enumerate() if t.name.startswith("aerostic-")]
+            assert running == []
+            assert earlier and aerostic_receiver is not earlier[0]
+            assert aerostic_receiver.handlers_for("message.received") == ()
+            receipt = aerostic_receiver.receive(
+                *aerostic_signer(sample_payload("message.received", id="m1"))
+            )
+            assert not receipt.duplicate
+        """,
+    "custom/conftest.py": """
+        import pytest
+
+
+        @pytest.fixture
+        def aerostic_secret():
+            return "whsec_my_app"
+        """,
+    "custom/test_my_secret.py": """
+        from aerostic_webhooks import verify_signature
+        from aerostic_webhooks.testing import sample_payload, signed_request
+
+
+        def test_the_fixtures_use_the_overridden_secret(aerostic_receiver, aerostic_signer):
+            body, headers = aerostic_signer("message.read")
+            verify_signature(body, headers["X-Aerostic-Signature"], "whsec_my_app")
+            body, headers = signed_request(sample_payload("message.sent"), "whsec_my_app")
+            aerostic_receiver.receive(body, headers)
+        """,
+}
+
+
+def test_the_plugin_serves_a_fresh_project_without_configuration(tmp_path: Path) -> None:
+    for name, text in USER_TESTS.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    env = dict(os.environ)
+    for name in ("AEROSTIC_WEBHOOKS_DB", "PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        env.pop(name, None)  # a user's project: the default inbox would be in the project
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:randomly"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout, result.stdout
+    assert not list(tmp_path.glob("**/*.sqlite3*"))  # the receivers' inbox was in memory
