@@ -286,8 +286,13 @@ class WebhookReceiver:
         It runs on the intake's thread, inside ``worker_context`` like a worker step (Django's
         connection upkeep, for the ORM store).
         """
-        with self._context():
-            return self._record_on_this_thread(batch)
+        try:
+            with self._context():
+                return self._record_on_this_thread(batch)
+        except Exception as error:
+            logger.warning("worker_context failed, deliveries refused: %s", type(error).__name__)
+            reason = f"worker_context raised {type(error).__name__}"
+            return [StoreUnavailable(reason) for _ in batch]
 
     def _record_on_this_thread(
         self, batch: list[tuple[Event, str, bytes]]

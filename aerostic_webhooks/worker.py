@@ -273,6 +273,8 @@ class Worker:
         # (None: handled, to mark done) and when that first failed; housekeeping tries again
         # (see _settle).
         self._unsettled: list[tuple[str, list[Record], str | None, float]] = []
+        # Whether worker_context raised at its last use: warn once a spell, not once a step.
+        self._context_failing = False
         # Seconds a record takes to run and settle, a moving average; pessimistic at first.
         self._run_seconds = 1.0
         self._idle = 0
@@ -444,8 +446,26 @@ class Worker:
         """
         if self._context is nullcontext:  # entering one would cost a no-op handler a tenth
             return self._step_in_context(stopped, ready)
-        with self._context():
-            return self._step_in_context(stopped, ready)
+        try:
+            with self._context():
+                stepped = self._step_in_context(stopped, ready)
+        except Exception:
+            self._context_failed(stopped)
+            return False
+        self._context_failing = False
+        return stepped
+
+    def _context_failed(self, stopped: threading.Event) -> None:
+        """The worker's context raised (Django's, when its database is out of reach): say so
+        once a spell, and wait a second before the thread tries again."""
+        with self._changed:
+            first, self._context_failing = not self._context_failing, True
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "the worker's context (worker_context) failed; trying again in a second",
+            exc_info=True,
+        )
+        stopped.wait(1.0)
 
     def _step_in_context(self, stopped: threading.Event, ready: collections.deque[Record]) -> bool:
         """``_step`` once inside the worker's context."""
@@ -705,21 +725,32 @@ class Worker:
     def _housekeeping(self, finished: threading.Event) -> None:
         next_renewal = next_purge = time.monotonic()
         while not finished.is_set():
-            with self._context():
-                now = time.monotonic()
-                if now >= next_renewal:
-                    self._renew()
-                    next_renewal = now + self._lease / 3
-                if now >= next_purge:
-                    self._purge()
-                    next_purge = now + self._purge_interval
-                self._complete()  # what a thread that went on to a slow handler left behind
-                self._complete_unsettled()
-                self._maintain()
+            try:
+                with self._context():
+                    now = time.monotonic()
+                    if now >= next_renewal:
+                        self._renew()
+                        next_renewal = now + self._lease / 3
+                    if now >= next_purge:
+                        self._purge()
+                        next_purge = now + self._purge_interval
+                    self._complete()  # what a thread that went on to a slow handler left
+                    self._complete_unsettled()
+                    self._maintain()
+            except Exception:
+                self._context_failed(finished)
             finished.wait(min(self._lease / 3, _MAINTAIN_INTERVAL))
-        with self._context():
-            # A last try, once the handler threads have stopped or close()'s timeout ran out.
-            self._complete_unsettled(last_try=True)
+        try:
+            with self._context():
+                # A last try, once the handler threads have stopped or close()'s timeout ran
+                # out.
+                self._complete_unsettled(last_try=True)
+        except Exception:
+            logger.warning(
+                "the worker's context (worker_context) failed at close: outcomes not yet "
+                "recorded are left to their leases",
+                exc_info=True,
+            )
 
     def _maintain(self) -> None:
         try:

@@ -525,6 +525,28 @@ def test_worker_context_is_entered_around_each_intake_write(tmp_path: Path) -> N
     assert entered == ["aerostic-webhooks-intake"]
 
 
+def test_an_intake_write_whose_worker_context_raises_is_refused_503(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not an error the adapter would turn into a 500: nothing was recorded, the sender
+    retries."""
+
+    @contextlib.contextmanager
+    def unreachable() -> Iterator[None]:
+        raise RuntimeError("the database is out of reach")
+        yield
+
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    with WebhookReceiver(
+        SECRET, store=store, process="external", worker_context=unreachable
+    ) as webhooks:
+        body = sample_body("message.received", id="ctx")
+        with pytest.raises(StoreUnavailable):
+            run(webhooks.receive_async(body, signed(body)))
+    assert store.get("message.received:ctx") is None
+    assert any("worker_context failed" in r.getMessage() for r in caplog.records)
+
+
 def test_close_writes_the_requests_queued_before_it() -> None:
     write = Recorder()
     intake: Intake[int, int] = Intake(write)

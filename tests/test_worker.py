@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -626,6 +627,52 @@ def test_worker_context_wraps_each_step_and_handlers_know_their_event_id() -> No
     assert entered
     with pytest.raises(LookupError):
         current_event_id()
+
+
+class FlakyContext:
+    """A ``worker_context`` that raises on entry (or on exit) while ``failures`` last, as
+    Django's connection upkeep does when the database is out of reach."""
+
+    def __init__(self, failures: int, *, on_exit: bool = False) -> None:
+        self.failures = failures
+        self.on_exit = on_exit
+        self.lock = threading.Lock()
+
+    def _fail(self) -> None:
+        with self.lock:
+            if self.failures > 0:
+                self.failures -= 1
+                raise RuntimeError("Database access not allowed")
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if not self.on_exit:
+            self._fail()
+        yield
+        if self.on_exit:
+            self._fail()
+
+
+@pytest.mark.parametrize("on_exit", [False, True], ids=["entry", "exit"])
+def test_a_worker_context_that_raises_stops_no_worker_thread(
+    caplog: pytest.LogCaptureFixture, on_exit: bool
+) -> None:
+    """Each thread tries again a second later; had one died, its events would wait for a
+    restart, acknowledged and unhandled (and pytest would report the thread's error)."""
+    context = FlakyContext(6, on_exit=on_exit)
+    runs: list[str] = []
+    with WebhookReceiver(
+        SECRET, store=MemoryStore(), concurrency=2, worker_context=context
+    ) as webhooks:
+        webhooks.on("*")(lambda event: runs.append(event.data.id))
+        ids = [deliver(webhooks, id=f"e{n}") for n in range(3)]
+        assert wait_until(lambda: context.failures == 0)
+        assert wait_until(lambda: all(status_of(webhooks.store, i) is Status.DONE for i in ids))
+        later = deliver(webhooks, id="later")
+        assert wait_until(lambda: status_of(webhooks.store, later) is Status.DONE)
+    assert sorted(set(runs)) == ["e0", "e1", "e2", "later"]
+    warnings = [r for r in caplog.records if "worker_context" in r.getMessage() and r.levelno >= 30]
+    assert [r.levelname for r in warnings] == ["WARNING"]  # once a spell, not once a step
 
 
 def test_inline_redelivery_while_the_first_is_running_is_not_acknowledged() -> None:
