@@ -201,6 +201,33 @@ def test_deliver_django() -> None:
             config._receiver = None  # type: ignore[attr-defined]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_readmes_recipe_for_a_django_test_runs_the_receivers() -> None:
+    """README, "Testing your handlers": transaction=True, drain(), then close()."""
+    pytest.importorskip("django", reason="Django is not installed")
+    from django.apps import apps
+    from django.test import Client
+
+    from aerostic_webhooks.django import get_receiver
+    from aerostic_webhooks.django.signals import contact_created
+
+    apps.get_app_config("aerostic_webhooks")._receiver = None  # type: ignore[attr-defined]
+    seen: list[str] = []
+
+    def on_contact(sender: object, event: object, event_id: str, **kwargs: object) -> None:
+        seen.append(event_id)
+
+    contact_created.connect(on_contact)
+    try:
+        response = deliver_django(Client(), "contact.created", "whsec_adapter_secret")
+        assert response.status_code == 200
+        assert get_receiver().drain(5)
+        assert [event_id.split(":")[0] for event_id in seen] == ["contact.created"]
+    finally:
+        contact_created.disconnect(on_contact)
+        get_receiver().close()
+
+
 def test_the_receiver_retries_at_once_and_dead_letters_on_drain(
     aerostic_receiver: WebhookReceiver,
     aerostic_signer: Callable[[Any], tuple[bytes, dict[str, str]]],
