@@ -1777,5 +1777,5 @@ def test_seconds_given_as_a_float_of_another_kind_work_with_redis(redis_prefix: 
 
         event_id = deliver(webhooks, id="e1")
         assert webhooks.drain(5)
-    assert status_of(store, event_id) is Status.DONE
+        assert status_of(store, event_id) is Status.DONE  # before close() closes the store
     assert runs == ["e1", "e1"]
