@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import pytest
 
 from aerostic_webhooks.leases import LeaseKeeper
 
+from .conftest import wait_until
 from .test_durability import _in_child
 
 
@@ -19,10 +22,12 @@ class Renewals:
 
     def __init__(self, first_takes: float = 0.0) -> None:
         self.calls: list[tuple[str, ...]] = []
+        self.leases: list[float] = []
         self._first_takes = first_takes
 
     def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
         self.calls.append(tuple(event_ids))
+        self.leases.append(lease)
         slow, self._first_takes = self._first_takes, 0.0
         time.sleep(slow)
 
@@ -35,6 +40,7 @@ def test_a_hold_is_renewed_every_third_of_a_lease_and_nothing_else_is() -> None:
             time.sleep(0.55)
         assert 3 <= len(store.calls) <= 6
         assert set(store.calls) == {("slow",)}
+        assert set(store.leases) == {0.3}  # each renewal is for a whole lease
         store.calls.clear()
         time.sleep(0.3)
         assert store.calls == []  # nothing held: asleep
@@ -113,3 +119,65 @@ def test_two_first_holds_in_a_forked_child_share_one_fresh_keeper(
 
     assert _in_child(child, timeout=10) == 0
     keeper.close(1)
+
+
+def test_each_renewal_runs_inside_the_worker_context() -> None:
+    """Django's worker_context closes the thread's database connection after each use: a
+    renewal made outside it would leave the lease thread's connection open for good."""
+    steps: list[str] = []
+
+    @contextmanager
+    def context() -> Iterator[None]:
+        steps.append("enter")
+        try:
+            yield
+        finally:
+            steps.append("exit")
+
+    class Recording(Renewals):
+        def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+            steps.append("renew")
+            super().renew(owner, event_ids, lease=lease)
+
+    store = Recording()
+    keeper = LeaseKeeper(store, "owner", lease_seconds=0.3, context=context)  # type: ignore[arg-type]
+    try:
+        with keeper.holding("a"):
+            assert wait_until(lambda: len(store.calls) >= 2)
+    finally:
+        keeper.close(5)
+    assert len(steps) >= 6 and steps == ["enter", "renew", "exit"] * (len(steps) // 3)
+
+
+def test_an_event_held_twice_is_renewed_until_both_holds_end() -> None:
+    """Two requests of one process can run the same event (the second took it up after the
+    first's lease lapsed): the first to finish must not end the other's renewals."""
+    store = Renewals()
+    keeper = LeaseKeeper(store, "owner", lease_seconds=0.3)  # type: ignore[arg-type]
+    try:
+        with keeper.holding("a"):
+            with keeper.holding("a"):
+                pass
+            renewed = len(store.calls)  # at most one renewal is on its way
+            assert wait_until(lambda: len(store.calls) >= renewed + 2)
+        assert set(store.calls) == {("a",)}
+    finally:
+        keeper.close(5)
+
+
+def test_a_renewal_the_store_refuses_is_tried_again() -> None:
+    """Not only connection errors: SQLite's "database is locked" must not end renewals."""
+
+    class LockedOnce(Renewals):
+        def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+            super().renew(owner, event_ids, lease=lease)
+            if len(self.calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+
+    store = LockedOnce()
+    keeper = LeaseKeeper(store, "owner", lease_seconds=0.3)  # type: ignore[arg-type]
+    try:
+        with keeper.holding("a"):
+            assert wait_until(lambda: len(store.calls) >= 3)
+    finally:
+        keeper.close(5)
