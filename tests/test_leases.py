@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -121,6 +123,10 @@ def test_two_first_holds_in_a_forked_child_share_one_fresh_keeper(
     keeper.close(1)
 
 
+def keeper_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "aerostic-webhooks-leases"}
+
+
 def test_each_renewal_runs_inside_the_worker_context() -> None:
     """Django's worker_context closes the thread's database connection after each use: a
     renewal made outside it would leave the lease thread's connection open for good."""
@@ -165,6 +171,46 @@ def test_an_event_held_twice_is_renewed_until_both_holds_end() -> None:
         keeper.close(5)
 
 
+class StuckFirst(Renewals):
+    """A store whose first renew() hangs until ``gate`` is set (a store that stopped
+    answering); the ones after it return at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stuck = threading.Event()  # the first renewal is in the store
+        self.gate = threading.Event()  # the store answers it
+        self.returned = threading.Event()
+
+    def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
+        super().renew(owner, event_ids, lease=lease)
+        if not self.stuck.is_set():
+            self.stuck.set()
+            self.gate.wait(10)
+            self.returned.set()
+
+
+def test_close_gives_up_on_a_hung_renewal_and_later_holds_are_still_renewed() -> None:
+    """The receiver's close(timeout) must not wait on a store that stopped answering; a
+    hold made after it gets a thread of its own, and the one given up on exits once the
+    store answers."""
+    store = StuckFirst()
+    keeper = LeaseKeeper(store, "owner", lease_seconds=0.3)  # type: ignore[arg-type]
+    before = keeper_threads()
+    try:
+        with keeper.holding("a"):
+            assert store.stuck.wait(5)
+        keeper.close(timeout=0.1)
+        assert not store.returned.is_set()  # close() returned with the renewal still hung
+        with keeper.holding("b"):
+            assert wait_until(lambda: ("b",) in store.calls)
+        store.gate.set()
+        assert store.returned.wait(5)
+        assert wait_until(lambda: len(keeper_threads() - before) == 1)  # the idle new one
+    finally:
+        store.gate.set()
+        keeper.close(5)
+
+
 def test_a_renewal_the_store_refuses_is_tried_again() -> None:
     """Not only connection errors: SQLite's "database is locked" must not end renewals."""
 
@@ -181,3 +227,18 @@ def test_a_renewal_the_store_refuses_is_tried_again() -> None:
             assert wait_until(lambda: len(store.calls) >= 3)
     finally:
         keeper.close(5)
+
+
+def test_a_process_that_never_closes_its_keeper_still_exits() -> None:
+    """A script that receives inline and never closes its receiver must not hang on exit
+    waiting for the lease thread."""
+    script = (
+        "from aerostic_webhooks import MemoryStore\n"
+        "from aerostic_webhooks.leases import LeaseKeeper\n"
+        "keeper = LeaseKeeper(MemoryStore(), 'owner', lease_seconds=30.0)\n"
+        "with keeper.holding('a'):\n"
+        "    pass\n"
+    )
+    command = [sys.executable, "-c", script]
+    completed = subprocess.run(command, check=False, timeout=60, capture_output=True)
+    assert completed.returncode == 0, completed.stderr
