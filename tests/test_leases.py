@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from aerostic_webhooks.leases import LeaseKeeper
 
 from .conftest import wait_until
-from .test_durability import _in_child
+from .test_durability import _exit_code, _in_child
 
 
 class Renewals:
@@ -95,13 +96,6 @@ def test_two_first_holds_in_a_forked_child_share_one_fresh_keeper(
         pass
 
     def child() -> None:
-        real = threading.Condition
-
-        def slow_condition(*args: object) -> threading.Condition:
-            time.sleep(0.05)  # widens the window in which the state is being replaced
-            return real(*args)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(threading, "Condition", slow_condition)
         store.calls.clear()
 
         def hold(event_id: str) -> None:
@@ -109,6 +103,14 @@ def test_two_first_holds_in_a_forked_child_share_one_fresh_keeper(
                 time.sleep(0.7)
 
         threads = [threading.Thread(target=hold, args=(name,)) for name in ("a", "b")]
+        real, made = threading.Condition, itertools.count()
+
+        def slow_condition(*args: object) -> threading.Condition:
+            if next(made) == 0:  # the first hold's new state: the other hold comes meanwhile
+                time.sleep(0.2)
+            return real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(threading, "Condition", slow_condition)
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -242,3 +244,58 @@ def test_a_process_that_never_closes_its_keeper_still_exits() -> None:
     command = [sys.executable, "-c", script]
     completed = subprocess.run(command, check=False, timeout=60, capture_output=True)
     assert completed.returncode == 0, completed.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_forked_child_renews_its_own_holds_not_the_parents() -> None:
+    """A child forked while its parent ran a handler does not keep that record's lease
+    alive: were the parent to die, the record could never be taken up again."""
+    store = Renewals()
+    keeper = LeaseKeeper(store, "owner", lease_seconds=0.3)  # type: ignore[arg-type]
+
+    def child() -> None:
+        store.calls.clear()
+        with keeper.holding("child's"):
+            assert wait_until(lambda: len(store.calls) >= 2)
+        keeper.close(5)
+        assert set(store.calls) == {("child's",)}, store.calls
+
+    try:
+        with keeper.holding("parent's"):
+            assert _in_child(child, timeout=20) == 0
+    finally:
+        keeper.close(5)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_child_forked_inside_a_hold_leaves_it_without_the_parents_lock() -> None:
+    """A handler that forks while another request of the parent holds the keeper's lock:
+    in the child that lock stays taken for good, so leaving the hold must not wait on it."""
+    keeper = LeaseKeeper(Renewals(), "owner", lease_seconds=3.0)  # type: ignore[arg-type]
+    locked, unlock = threading.Event(), threading.Event()
+
+    def another_request() -> None:
+        with keeper._changed:
+            locked.set()
+            unlock.wait(10)
+
+    thread = threading.Thread(target=another_request)
+    child = -1
+    try:
+        with keeper.holding("a"):
+            thread.start()
+            assert locked.wait(5)
+            child = os.fork()
+            if child != 0:
+                unlock.set()
+        if child == 0:
+            os._exit(0)  # the child left the hold
+    finally:
+        if child == 0:
+            os._exit(1)  # never return into pytest
+        unlock.set()
+        thread.join(5)
+        keeper.close(5)
+    assert _exit_code(child, timeout=10) == 0
