@@ -468,6 +468,19 @@ def test_next_due(store: Store) -> None:
     assert due is not None and abs((due - now).total_seconds()) < 0.001
 
 
+def test_a_pending_record_keeps_its_next_attempt(store: Store) -> None:
+    """What ``inbox show`` and the Django admin print: when a pending record is next tried,
+    its receipt if it was given no other time."""
+    received, later = utcnow(), utcnow() + timedelta(hours=2)
+    store.add(record("retry", next_attempt_at=later))
+    store.add(record("new", received_at=received))
+    retry, new = store.get("retry"), store.get("new")
+    assert retry is not None and retry.next_attempt_at is not None
+    assert abs((retry.next_attempt_at - later).total_seconds()) < 0.001
+    assert new is not None and new.next_attempt_at is not None
+    assert abs((new.next_attempt_at - received).total_seconds()) < 0.001
+
+
 def test_claim_takes_the_earliest_due_not_the_earliest_received(store: Store) -> None:
     now = utcnow()
     second = timedelta(seconds=1)
