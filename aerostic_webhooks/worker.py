@@ -640,7 +640,8 @@ class Worker:
         try:
             if error is None:
                 done = self.store.complete_many(owner, [record.event_id for record in records])
-                if isinstance(done, int) and done < len(records):
+                # A bool is an int, but says nothing of how many (a custom store's "it worked").
+                if isinstance(done, int) and not isinstance(done, bool) and done < len(records):
                     logger.warning(
                         "%d of %d handled records were no longer this worker's to mark done "
                         "(their leases ran out): they run again",

@@ -1706,6 +1706,29 @@ def test_a_success_whose_lease_was_taken_meanwhile_is_logged_as_not_recorded(
     assert any("1 of 2 handled records were no longer" in m for m in messages), messages
 
 
+class YesNoStore(MemoryStore):
+    """A custom store whose ``complete_many`` answers "it worked", not how many."""
+
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        return bool(super().complete_many(owner, event_ids))
+
+
+def test_a_store_that_answers_complete_many_with_a_bool_is_not_judged_by_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``True`` is an int (1): read as a count, two records marked done would be one lost."""
+    store = YesNoStore()
+    for name in ("msg_a", "msg_b"):
+        store.add(Record(f"message.received:{name}", "message.received", b"{}", utcnow()))
+    worker = Worker(store, lambda record: None)
+    owner = f"{worker.owner}:0"
+    records = store.claim(owner, limit=2, lease=30)
+    worker._settle(owner, records, error=None, failing_since=None)
+    assert all(status_of(store, r.event_id) is Status.DONE for r in records)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any("no longer this worker's" in m for m in messages), messages
+
+
 @pytest.mark.parametrize("fails", [False, True], ids=["handled", "failed"])
 def test_giving_up_on_a_last_attempt_says_it_may_end_failed(
     caplog: pytest.LogCaptureFixture, fails: bool
