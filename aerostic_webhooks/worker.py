@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import SupportsIndex, TypeVar
 
-from .stores.base import LEASE_LAPSED, Record, Store, utcnow
+from .stores.base import LEASE_LAPSED, Record, Status, Store, utcnow
 
 __all__ = [
     "DEFAULT_RETRY_DELAYS",
@@ -642,12 +642,18 @@ class Worker:
                 done = self.store.complete_many(owner, [record.event_id for record in records])
                 # A bool is an int, but says nothing of how many (a custom store's "it worked").
                 if isinstance(done, int) and not isinstance(done, bool) and done < len(records):
-                    logger.warning(
-                        "%d of %d handled records were no longer this worker's to mark done "
-                        "(their leases ran out): they run again",
-                        len(records) - done,
-                        len(records),
-                    )
+                    lost = len(records) - done
+                    if failing_since is not None:
+                        # A retry: the call that failed may have marked them done all the same
+                        # (its reply lost, say); those are not lost.
+                        lost = self._not_marked_done(records, lost)
+                    if lost:
+                        logger.warning(
+                            "%d of %d handled records were no longer this worker's to mark "
+                            "done (their leases ran out): they run again",
+                            lost,
+                            len(records),
+                        )
             else:
                 self._retry_or_fail(owner, records[0], error)
         except Exception:
@@ -680,6 +686,19 @@ class Worker:
             self._forget(records)  # this thread is going down: leave them to their leases
             raise
         self._forget(records)
+
+    def _not_marked_done(self, records: Sequence[Record], short: int) -> int:
+        """How many of a claim's handled records are not done as this claim left them (done,
+        and not claimed since); ``short`` if the store cannot say."""
+        try:
+            found = [self.store.get(record.event_id) for record in records]
+        except Exception:
+            return short
+        return sum(
+            1
+            for record, now in zip(records, found, strict=True)
+            if now is None or now.status != Status.DONE or now.attempts != record.attempts
+        )
 
     def _forget(self, records: Sequence[Record]) -> None:
         """Settled records are no longer this worker's to renew or wait for."""

@@ -1729,6 +1729,71 @@ def test_a_store_that_answers_complete_many_with_a_bool_is_not_judged_by_it(
     assert not any("no longer this worker's" in m for m in messages), messages
 
 
+class LostReplyStore(MemoryStore):
+    """A MemoryStore whose first ``complete_many`` marks the records done, then raises: the
+    reply lost on its way back (a Redis connection dropped after the pipeline ran)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    def complete_many(self, owner: str, event_ids: Sequence[str]) -> int:
+        done = super().complete_many(owner, event_ids)
+        if not self.lost:
+            self.lost = True
+            raise ConnectionError("connection lost before the reply")
+        return done
+
+
+def test_a_retried_success_the_failed_call_had_recorded_is_not_said_to_run_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The retry marks none (the first call did): nothing runs again, and the log must not
+    say that something does."""
+    store = LostReplyStore()
+    for name in ("msg_a", "msg_b", "msg_taken"):
+        store.add(Record(f"message.received:{name}", "message.received", b"{}", utcnow()))
+    worker = Worker(store, lambda record: None)
+    owner = f"{worker.owner}:0"
+    records = store.claim(owner, limit=3, lease=30)
+    handled = [r for r in records if r.event_id != "message.received:msg_taken"]
+    worker._settle(owner, handled, error=None, failing_since=None)
+    assert store.lost
+    assert all(status_of(store, r.event_id) is Status.DONE for r in handled)
+    worker._complete_unsettled()
+    assert not worker._unsettled
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any("no longer this worker's" in m for m in messages), messages
+
+
+def test_a_retried_success_whose_lease_was_taken_meanwhile_is_still_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The retry's check of what the failed call recorded does not hide a record another
+    worker took up meanwhile."""
+    store = HiccupStore("complete_many")
+    for name in ("msg_kept", "msg_lost"):
+        store.add(Record(f"message.received:{name}", "message.received", b"{}", utcnow()))
+    worker = Worker(store, lambda record: None)
+    owner = f"{worker.owner}:0"
+    records = store.claim(owner, limit=2, lease=0)  # leases that run out meanwhile
+    thread = threading.Thread(
+        target=worker._settle,
+        args=(owner, records),
+        kwargs={"error": None, "failing_since": None},
+        name="aerostic-webhooks-test",  # a worker thread's name: the store hiccups once
+    )
+    thread.start()
+    thread.join()
+    assert store.failed
+    taken = store.take("message.received:msg_lost", "another-worker", lease=30)
+    assert taken is not None
+    worker._complete_unsettled()
+    assert status_of(store, "message.received:msg_kept") is Status.DONE
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("1 of 2 handled records were no longer" in m for m in messages), messages
+
+
 @pytest.mark.parametrize("fails", [False, True], ids=["handled", "failed"])
 def test_giving_up_on_a_last_attempt_says_it_may_end_failed(
     caplog: pytest.LogCaptureFixture, fails: bool
