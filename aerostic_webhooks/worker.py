@@ -137,6 +137,7 @@ def error_text(error: BaseException) -> str:
         text = f"{type(error).__name__}: {error}"
     except Exception:
         text = f"{type(error).__name__}: <its message could not be read>"
+    text = text[:_MAX_ERROR_TEXT]  # before escaping: a message may be megabytes long
     text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
     return text[:_MAX_ERROR_TEXT]
 
