@@ -543,7 +543,7 @@ def test_an_intake_write_whose_worker_context_raises_is_refused_503(
         body = sample_body("message.received", id="ctx")
         with pytest.raises(StoreUnavailable):
             run(webhooks.receive_async(body, signed(body)))
-    assert store.get("message.received:ctx") is None
+        assert store.get("message.received:ctx") is None  # before close() closes the store
     assert any("worker_context failed" in r.getMessage() for r in caplog.records)
 
 
