@@ -36,7 +36,6 @@ from .worker import (
     check_settings,
     error_text,
     new_owner_id,
-    read_retry_delays,
 )
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "Headers", "Receipt", "WebhookReceiver", "default_event_id"]
@@ -171,14 +170,13 @@ class WebhookReceiver:
             )
         if max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive")
-        retry_delays = read_retry_delays(retry_delays)  # read once: it may be a generator
-        check_settings(  # before the default store makes its file
+        retry_delays = check_settings(  # before the default store makes its file
             concurrency=concurrency,
             lease_seconds=lease_seconds,
             retry_delays=retry_delays,
             retention=retention,
         )
-        lease_seconds = float(lease_seconds)  # a plain float, as the worker's (numpy's is not)
+        lease_seconds = float(lease_seconds)  # a plain float, as the worker's (see check_settings)
         self.max_body_bytes = max_body_bytes
         self.process = process
         self._event_id = event_id

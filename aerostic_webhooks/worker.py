@@ -26,10 +26,10 @@ __all__ = [
     "Worker",
     "check_settings",
     "error_text",
+    "is_number",
     "lease_works",
     "new_owner_id",
     "offset_fits",
-    "read_retry_delays",
     "retention_works",
 ]
 
@@ -85,15 +85,15 @@ def retention_works(retention: timedelta) -> bool:
 
 def check_settings(
     *, concurrency: int, lease_seconds: float, retry_delays: Iterable[float], retention: timedelta
-) -> None:
+) -> tuple[float, ...]:
     """Raise ``ValueError`` for a setting a worker could not work with (``TypeError`` for the
     wrong kind of value), naming the setting rather than failing in a comparison.
 
-    ``retry_delays`` is read once: pass what ``read_retry_delays`` made of a generator."""
+    Returns the retry delays as plain floats, read once: they may come from a generator."""
     # An integer of another kind (numpy's) does too: what range() takes.
     if isinstance(concurrency, bool) or not isinstance(concurrency, SupportsIndex):
         raise TypeError(f"concurrency must be an int, got {type(concurrency).__name__}")
-    if not _is_number(lease_seconds):
+    if not is_number(lease_seconds):
         raise TypeError(f"lease_seconds must be a number, got {type(lease_seconds).__name__}")
     if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Iterable):
         raise TypeError(
@@ -101,7 +101,7 @@ def check_settings(
         )
     delays = tuple(retry_delays)
     for delay in delays:
-        if not _is_number(delay):
+        if not is_number(delay):
             raise TypeError(f"retry delays must be numbers, got {type(delay).__name__}")
     if not isinstance(retention, timedelta):
         raise TypeError(f"retention must be a datetime.timedelta, got {type(retention).__name__}")
@@ -113,14 +113,9 @@ def check_settings(
         raise ValueError("retry delays must be finite numbers of seconds, none negative")
     if not retention_works(retention):
         raise ValueError("retention must be a positive timedelta that a date can be off by")
-
-
-def read_retry_delays(retry_delays: Iterable[float]) -> Sequence[float]:
-    """``retry_delays`` as a tuple if it is one of any kind (a list, a generator, an array),
-    else as given, for ``check_settings`` to name: checked, a generator would be used up."""
-    if isinstance(retry_delays, (str, bytes)) or not isinstance(retry_delays, Iterable):
-        return retry_delays
-    return tuple(retry_delays)
+    # Plain floats: a float of another kind (numpy's) keeps its kind through sums, and
+    # RedisStore sends repr(time.time() + seconds), which Redis must read as a number.
+    return tuple(float(delay) for delay in delays)
 
 
 _MAX_ERROR_TEXT = 4000
@@ -142,7 +137,8 @@ def error_text(error: BaseException) -> str:
     return text[:_MAX_ERROR_TEXT]
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """An ``int`` or ``float`` (numpy's too), not a ``bool``: what a setting of seconds takes."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -223,8 +219,7 @@ class Worker:
         coalesce_seconds: float = 0.01,
         context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
-        retry_delays = read_retry_delays(retry_delays)
-        check_settings(
+        self._retry_delays = check_settings(
             concurrency=concurrency,
             lease_seconds=lease_seconds,
             retry_delays=retry_delays,
@@ -233,10 +228,7 @@ class Worker:
         self.store = store
         self._process = process
         self._concurrency = operator.index(concurrency)
-        # Plain floats: a float of another kind (numpy's) keeps its kind through sums, and
-        # RedisStore sends repr(time.time() + lease), which Redis must read as a number.
-        self._lease = float(lease_seconds)
-        self._retry_delays = tuple(float(delay) for delay in retry_delays)
+        self._lease = float(lease_seconds)  # a plain float, as check_settings says why
         self._max_attempts = len(self._retry_delays) + 1  # read once per record
         self._poll_interval = poll_interval
         self._retention = retention

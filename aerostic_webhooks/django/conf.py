@@ -10,7 +10,7 @@ from typing import Any, Literal
 from django.conf import settings
 
 from ..receiver import DEFAULT_MAX_BODY_BYTES
-from ..worker import lease_works, offset_fits, retention_works
+from ..worker import is_number, lease_works, offset_fits, retention_works
 
 __all__ = ["WebhookSettings", "webhook_settings"]
 
@@ -58,7 +58,7 @@ def webhook_settings() -> WebhookSettings:
         problems.append(("E002", f"{SETTING}['MAX_BODY_BYTES'] must be a positive integer"))
         max_body_bytes = DEFAULT_MAX_BODY_BYTES
     retention = raw.get("RETENTION", timedelta(days=7))
-    if isinstance(retention, (int, float)) and not isinstance(retention, bool):
+    if is_number(retention):
         retention = timedelta(seconds=retention) if offset_fits(retention) else None
     if not isinstance(retention, timedelta) or not retention_works(retention):
         problems.append(
@@ -76,11 +76,7 @@ def webhook_settings() -> WebhookSettings:
         problems.append(("E005", f"{SETTING}['CONCURRENCY'] must be a positive integer"))
         concurrency = 4
     lease_seconds = raw.get("LEASE_SECONDS", 30.0)
-    if (
-        not isinstance(lease_seconds, (int, float))
-        or isinstance(lease_seconds, bool)
-        or not lease_works(lease_seconds)
-    ):
+    if not is_number(lease_seconds) or not lease_works(lease_seconds):
         problems.append(("E006", f"{SETTING}['LEASE_SECONDS'] must be a positive, finite number"))
         lease_seconds = 30.0
     database = raw.get("DATABASE", "default")
