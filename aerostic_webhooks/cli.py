@@ -275,47 +275,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
+class _Stopped(Exception):
+    """SIGTERM or Ctrl-C asked the demo to stop."""
 
 
 @contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them as usual.
+def _stop_requests() -> Iterator[threading.Event]:
+    """SIGTERM and Ctrl-C set the event for as long as the block runs (then the handlers are
+    put back), rather than raise ``KeyboardInterrupt`` wherever the main thread happens to be.
 
-    Around a thread's start, so that a thread started is a thread joined; around the
-    clean-up, so that a second interrupt cannot skip half of it. The Python handlers are
-    swapped, not the thread's signal mask: the kernel may hand a signal to any thread that
-    does not block it, and Python runs its handler in the main thread all the same.
+    An exception raised from a signal handler can land anywhere: in a weakref callback, where
+    Python prints it and carries on; between a directory's creation and whoever would remove
+    it; or in code run by ``exec()`` of a string (a dataclass being built, say), which makes
+    ``python -m`` end "killed by SIGINT" whatever ``main()`` returned.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    caught: list[int] = []
+    stop = threading.Event()
 
-    def hold(signum: int, frame: object) -> None:
-        caught.append(signum)
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
 
-    # An ExitStack runs every restore even if a signal raises in one; each restore is
-    # registered before its swap, so a signal between the two leaves no hold behind.
     with contextlib.ExitStack() as stack:
-        stack.callback(_deliver, caught)  # last: once the old handlers are back
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.getsignal(signum)
-            stack.callback(signal.signal, signum, signal.SIG_DFL if previous is None else previous)
-            signal.signal(signum, hold)
-        yield
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set here
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.signal(signum, request_stop)
+                # None: a handler not set from Python, which Python cannot set back
+                stack.callback(
+                    signal.signal, signum, signal.SIG_DFL if previous is None else previous
+                )
+        yield stop
 
 
-def _deliver(caught: list[int]) -> None:
-    """Raise each signal held, once, for its own handler."""
-    for number in dict.fromkeys(caught):
-        signal.raise_signal(number)
+def _until(stop: threading.Event, done: Callable[[float], bool], seconds: float) -> bool:
+    """Call ``done(slice)`` until it says so or ``seconds`` pass: ``False`` then; raises
+    ``_Stopped`` as soon as ``stop`` is set."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        if done(0.05):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+    raise _Stopped
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    # SIGTERM unwinds like Ctrl-C: the server stops and the scratch inbox is removed.
-    signal.signal(signal.SIGTERM, _interrupt)
+    with _stop_requests() as stop:
+        try:
+            return _demo(stop)
+        except _Stopped:
+            return 1
+
+
+def _demo(stop: threading.Event) -> int:
     secret = "whsec_demo_" + uuid.uuid4().hex
     handled: list[str] = []
     lock = threading.Lock()
@@ -331,21 +341,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
         server = _server(receiver, "127.0.0.1", port)
         thread = threading.Thread(target=server.run, name="aerostic-webhooks-demo", daemon=True)
         try:
-            with _interrupts_held():
-                thread.start()
-            deadline = time.monotonic() + 20
-            while not server.started and time.monotonic() < deadline and thread.is_alive():
-                time.sleep(0.02)
-            if not server.started:
+            thread.start()
+
+            def started(wait: float) -> bool:
+                thread.join(wait)
+                return bool(server.started) or not thread.is_alive()
+
+            if not _until(stop, started, 20) or not server.started:
                 raise CommandError("the demo server did not start")
-            rows = _demo_deliveries(receiver, secret, f"http://127.0.0.1:{port}{PATH}")
-            drained = receiver.drain(timeout=20)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            rows = []
+            for delivery in _demo_deliveries(receiver, secret):
+                if stop.is_set():
+                    raise _Stopped
+                rows.append(_deliver(url, *delivery))
+            drained = _until(stop, lambda wait: receiver.drain(timeout=wait), 20)
         finally:
-            with _interrupts_held():
-                server.should_exit = True
-                if thread.is_alive():  # not when start() failed before the thread ran
-                    thread.join(20)
-                receiver.close()
+            server.should_exit = True
+            if thread.is_alive():  # not when it could not be started
+                thread.join(20)
+            receiver.close()
+    if stop.is_set():  # asked to stop while cleaning up: no verdict
+        raise _Stopped
     print(f"{'delivery':<32} {'expected':>8} {'answered':>8}  body")
     for name, expected, status, text in rows:
         mark = "" if status == expected else "   <- unexpected"
@@ -358,10 +375,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _demo_deliveries(
-    receiver: WebhookReceiver, secret: str, url: str
-) -> list[tuple[str, int, int, str]]:
-    """The six samples, a duplicate and three refusals: (name, expected, status, body) each."""
+def _demo_deliveries(receiver: WebhookReceiver, secret: str) -> list[tuple[str, bytes, str, int]]:
+    """The six samples, a duplicate and three refusals: (name, body, key, expected) each."""
     first = sample_body("message.received")
     deliveries = [
         (event_type, sample_body(event_type), secret, 200) for event_type in SAMPLE_PAYLOADS
@@ -372,12 +387,16 @@ def _demo_deliveries(
         ("oversized (1 MiB + 1)", b"x" * (receiver.max_body_bytes + 1), secret, 413),
         ("not JSON", b"{oops", secret, 400),
     ]
-    rows = []
-    for name, body, key, expected in deliveries:
-        headers = {SIGNATURE_HEADER: sign(body, key), "Content-Type": "application/json"}
-        status, response = _post(url, body, headers, 10)
-        rows.append((name, expected, status, response.decode("utf-8", "replace")))
-    return rows
+    return deliveries
+
+
+def _deliver(
+    url: str, name: str, body: bytes, key: str, expected: int
+) -> tuple[str, int, int, str]:
+    """Post one delivery signed with ``key``: (name, expected, status, body)."""
+    headers = {SIGNATURE_HEADER: sign(body, key), "Content-Type": "application/json"}
+    status, response = _post(url, body, headers, 10)
+    return name, expected, status, response.decode("utf-8", "replace")
 
 
 def _free_port() -> int:

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1402,15 +1403,52 @@ def test_demo_exits_0_and_mentions_every_event_type(tmp_path: Path) -> None:
 
 
 @needs_server
-def test_demo_stopped_by_sigterm_removes_its_scratch_inbox(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_demo_stopped_by_a_signal_exits_1_and_removes_its_scratch_inbox(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = environment(TMPDIR=str(scratch))
     with background(command("demo"), cwd=tmp_path, logs=tmp_path, env=env) as demo:
         demo.wait_for(lambda: any(scratch.iterdir()), "making its scratch inbox")
-        demo.stop(signal.SIGTERM)
+        demo.stop(signum)
     assert demo.process.returncode == 1, demo
     assert "Traceback" not in demo.stderr(), demo
+    assert list(scratch.iterdir()) == [], "the demo left its scratch inbox behind"
+
+
+@needs_server
+def test_demo_signalled_inside_code_run_by_exec_still_exits_1(tmp_path: Path) -> None:
+    """SIGTERM can come while Python runs code made by ``exec()`` of a string, as when a
+    dataclass or a named tuple is built. A ``KeyboardInterrupt`` raised there, even once
+    caught, made ``python -m`` end "killed by SIGINT" (-2) with nothing on stderr."""
+    (tmp_path / "signalled_demo.py").write_text(
+        "import signal\n"
+        "from aerostic_webhooks import cli\n"
+        "real = cli._server\n"
+        "def server(*args):\n"
+        "    exec('import signal; signal.raise_signal(signal.SIGTERM)')\n"
+        "    return real(*args)\n"
+        "cli._server = server\n"
+        "raise SystemExit(cli.main(['demo']))\n"
+    )
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = environment(TMPDIR=str(scratch))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    completed = subprocess.run(
+        [sys.executable, "-m", "signalled_demo"],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 1, completed
+    assert "Traceback" not in completed.stderr, completed
     assert list(scratch.iterdir()) == [], "the demo left its scratch inbox behind"
 
 
@@ -1436,27 +1474,30 @@ def demo_with_its_thread_started_by(
 
 
 def demo_in_this_process_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run ``demo`` in this process, its scratch inbox under ``tmp_path``: it must exit 1.
-    The SIGTERM handler it installs is put back."""
+    """Run ``demo`` in this process, its scratch inbox under ``tmp_path``: it must exit 1,
+    and put back the SIGINT and SIGTERM handlers it set."""
     from aerostic_webhooks import cli as module
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    handler = signal.getsignal(signal.SIGTERM)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         assert module.main(["demo"]) == 1
+        assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 @needs_server
 def test_demo_interrupted_before_its_server_thread_starts_exits_1_and_cleans_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A signal can land inside ``Thread.start()``: the demo must not then join a thread that
-    never started (``RuntimeError``, a traceback) and must still remove its scratch inbox."""
+    """A signal can come as the server thread is about to start: the demo must stop it
+    and still remove its scratch inbox."""
 
     def interrupted(thread: threading.Thread, start: Callable[[threading.Thread], None]) -> None:
-        raise KeyboardInterrupt  # as _interrupt raises it on SIGTERM
+        signal.raise_signal(signal.SIGTERM)
+        start(thread)
 
     demo_with_its_thread_started_by(interrupted, tmp_path, monkeypatch)
 
@@ -1495,6 +1536,48 @@ def test_demo_interrupted_once_its_server_thread_exists_stops_and_joins_it(
     assert not [name for name in left if name.startswith("aerostic-webhooks")], left
 
 
+def signal_inside(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, *, after: bool
+) -> list[bool]:
+    """Have SIGTERM come in just before (or just after) ``module.name`` does its work, on its
+    first call; the list gets an item once it has come."""
+    real = getattr(module, name)
+    came: list[bool] = []
+
+    def interrupt_once() -> None:
+        if not came:
+            came.append(True)
+            signal.raise_signal(signal.SIGTERM)
+
+    def calling(*args: Any, **kwargs: Any) -> Any:
+        if not after:
+            interrupt_once()
+        result = real(*args, **kwargs)
+        if after:
+            interrupt_once()
+        return result
+
+    monkeypatch.setattr(module, name, calling)
+    return came
+
+
+@needs_server
+@pytest.mark.parametrize(
+    ("module", "name", "after"),
+    [(tempfile, "mkdtemp", True), (shutil, "rmtree", False)],
+    ids=["as the scratch inbox is made", "as it is removed"],
+)
+def test_demo_interrupted_while_its_scratch_inbox_is_made_or_removed_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: Any, name: str, after: bool
+) -> None:
+    """SIGTERM can come the moment the scratch directory exists, before anything has taken
+    charge of it, or as it is being removed: the demo must exit 1 and leave nothing."""
+    came = signal_inside(monkeypatch, module, name, after=after)
+    demo_in_this_process_fails(tmp_path, monkeypatch)
+    assert came, f"{name} was never called"
+    assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
+
+
 @needs_server
 def test_demo_fails_when_an_event_is_handled_more_than_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -1518,76 +1601,3 @@ def test_demo_fails_when_an_event_is_handled_more_than_once(
     output = capsys.readouterr().out
     assert "handled exactly once: NO" in output, output
     assert "demo FAILED" in output, output
-
-
-@pytest.fixture
-def demo_handlers() -> Iterator[None]:
-    """The demo's handlers (SIGTERM raises KeyboardInterrupt, as Ctrl-C does), put back after."""
-    from aerostic_webhooks import cli as module
-
-    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, module._interrupt)
-    yield
-    signal.signal(signal.SIGINT, saved[0])
-    signal.signal(signal.SIGTERM, saved[1])
-
-
-def signal_arriving_when(
-    monkeypatch: pytest.MonkeyPatch, swapped: int, to: Callable[[Any], bool], arriving: int
-) -> None:
-    """Make ``arriving`` come in the moment the handler of ``swapped`` is set ``to`` one."""
-    real = signal.signal
-
-    def setting(signum: int, handler: Any) -> Any:
-        previous = real(signum, handler)
-        if signum == swapped and to(handler):
-            signal.raise_signal(arriving)
-        return previous
-
-    monkeypatch.setattr(signal, "signal", setting)
-
-
-def _holding(handler: Any) -> bool:
-    return getattr(handler, "__name__", "") == "hold"
-
-
-def _restored(handler: Any) -> bool:
-    return handler is signal.default_int_handler
-
-
-@pytest.mark.parametrize(
-    ("when", "arriving"),
-    [(_holding, signal.SIGTERM), (_restored, signal.SIGINT)],
-    ids=["SIGTERM between the two swaps", "Ctrl-C between the two restores"],
-)
-def test_a_signal_while_the_handlers_are_swapped_leaves_no_interrupt_held(
-    demo_handlers: None,
-    monkeypatch: pytest.MonkeyPatch,
-    when: Callable[[Any], bool],
-    arriving: int,
-) -> None:
-    """A signal that comes once Ctrl-C's handler is swapped (or put back) and before
-    SIGTERM's is must not leave either of them held for good."""
-    from aerostic_webhooks import cli as module
-
-    signal_arriving_when(monkeypatch, signal.SIGINT, when, arriving)
-    with pytest.raises(KeyboardInterrupt), module._interrupts_held():
-        pass
-    monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is module._interrupt
-
-
-def test_a_signal_held_by_nested_holds_is_delivered_once_at_the_outer_end(
-    demo_handlers: None,
-) -> None:
-    from aerostic_webhooks import cli as module
-
-    delivered: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: delivered.append(signum))
-    with module._interrupts_held():
-        with module._interrupts_held():
-            signal.raise_signal(signal.SIGTERM)
-        assert delivered == []  # the inner end handed it to the outer hold
-    assert delivered == [signal.SIGTERM]
