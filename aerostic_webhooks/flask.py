@@ -22,7 +22,7 @@ def webhook_blueprint(receiver: WebhookReceiver, name: str = "aerostic_webhooks"
     only limit: Flask's ``MAX_CONTENT_LENGTH``, JSON and form parsing are never touched), or
     taken from Werkzeug if a ``before_request`` hook of the app read it first. Give each
     blueprint its own ``name`` to mount several receivers on one app. The receiver's worker
-    starts when the blueprint is registered.
+    starts with the first request the app serves, to any route.
     """
     blueprint = Blueprint(name, __name__)
 
@@ -54,8 +54,9 @@ def webhook_blueprint(receiver: WebhookReceiver, name: str = "aerostic_webhooks"
             provide_automatic_options=False,
         )
 
-    def start_worker(state: BlueprintSetupState) -> None:
-        receiver.start_serving()
-
-    blueprint.record(start_worker)
+    # Flask has no "serving starts" hook: its first request is the closest. Registration is
+    # too early: every `flask` command (routes, shell, db upgrade) loads the app without
+    # serving, and so does the reloader's parent of `flask run --debug`, whose code never
+    # reloads; a worker there would run handlers, stale ones, and strand records at exit.
+    blueprint.before_app_request(receiver.start_serving)
     return blueprint

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -18,7 +24,7 @@ from werkzeug.test import TestResponse, create_environ, run_wsgi_app
 
 from aerostic_webhooks import Event, MemoryStore, WebhookReceiver
 from aerostic_webhooks.flask import webhook_blueprint
-from aerostic_webhooks.stores import Record
+from aerostic_webhooks.stores import Record, SQLiteStore
 
 from .contract import (
     FAILED,
@@ -33,6 +39,7 @@ from .contract import (
 from .contract import sample_body as sample
 
 URL = "/webhooks/aerostic"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_app(receiver: WebhookReceiver) -> flask.Flask:
@@ -209,10 +216,69 @@ def test_inline_handler_failure_is_500() -> None:
     assert_answer(response, Case("500", body, status=500, json=FAILED))
 
 
-def test_registration_starts_the_worker(webhooks: WebhookReceiver) -> None:
-    assert not webhooks._worker.running
-    make_app(webhooks)
+def test_the_first_request_to_any_route_starts_the_worker(webhooks: WebhookReceiver) -> None:
+    app = make_app(webhooks)
+    app.add_url_rule("/health", "health", lambda: "ok")
+    assert not webhooks._worker.running  # registered only: a CLI command, a reloader parent
+    assert app.test_client().get("/health").status_code == 200
     assert webhooks._worker.running
+
+
+# A pending delivery, then the example app loaded by a Flask command that serves nothing.
+PENDING = """
+import sys
+from aerostic_webhooks import WebhookReceiver, sign
+from aerostic_webhooks.testing import sample_body
+
+receiver = WebhookReceiver(process="external")
+body = sample_body("message.received")
+receiver.receive(body, {"X-Aerostic-Signature": sign(body, sys.argv[1])})
+receiver.close()
+"""
+HANDLED = """
+import os, sys, time
+sys.path.insert(0, {examples!r})
+import flask_app
+
+@flask_app.webhooks.on("*")
+def mark(event):
+    open({marker!r}, "w").close()
+    time.sleep(2)
+
+app = flask_app.create_app()
+"""
+
+
+def test_a_flask_command_that_serves_nothing_runs_no_handler(tmp_path: Path) -> None:
+    """`flask routes`, `flask shell`, `flask db upgrade` and the reloader's parent process of
+    `flask run --debug` (which never reloads its code) load the app but serve no request:
+    none of them may take recorded deliveries and run handlers, or leave them processing."""
+    flask_command = shutil.which("flask", path=str(Path(sys.executable).parent))
+    if flask_command is None:
+        pytest.skip("the flask command is not installed")
+    marker = tmp_path / "handled"
+    (tmp_path / "served_app.py").write_text(
+        HANDLED.format(examples=str(ROOT / "examples"), marker=str(marker))
+    )
+    env = {
+        **os.environ,
+        "AEROSTIC_WEBHOOK_SECRET": SECRET,
+        "AEROSTIC_WEBHOOKS_DB": str(tmp_path / "inbox.sqlite3"),
+        "PYTHONPATH": str(ROOT),
+    }
+    run = functools.partial(
+        subprocess.run, env=env, cwd=tmp_path, capture_output=True, timeout=60, check=True
+    )
+    run([sys.executable, "-c", PENDING, SECRET])
+    run([flask_command, "--app", "served_app", "routes"])
+    assert not marker.exists(), "a handler ran in `flask routes`"
+    store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    try:
+        record = store.get("message.received:msg_abc123")
+    finally:
+        store.close()
+    assert record is not None
+    assert record.status == "pending"
 
 
 def test_two_receivers_on_one_app_and_one_blueprint_on_two_apps() -> None:
