@@ -32,8 +32,12 @@ class _BothSlashes(Route):
     """A route that also matches its path with a trailing slash, so nothing redirects."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        path = scope.get("path", "")
-        if len(path) > 1 and path.endswith("/"):
+        path: str = scope.get("path", "")
+        # The part a route matches is the path below its Mount (or the app's root path): at a
+        # mount's root that part is "/", which is the spelling itself, not one to strip.
+        root: str = scope.get("root_path", "")
+        below = path[len(root) :] if root and path.startswith(root + "/") else path
+        if len(below) > 1 and below.endswith("/"):
             scope = {**scope, "path": path[:-1]}
         return super().matches(scope)
 
@@ -41,7 +45,12 @@ class _BothSlashes(Route):
 def webhook_route(
     path: str, receiver: WebhookReceiver, *, name: str = "aerostic_webhooks"
 ) -> Route:
-    """A ``Route`` answering ``POST`` at ``path`` and ``path + "/"``; other methods get 405."""
+    """A ``Route`` answering ``POST`` at ``path`` and ``path + "/"``; other methods get 405.
+
+    Inside a ``Mount``, give it a path of its own (``Mount("/webhooks", routes=[webhook_route(
+    "/aerostic", ...)])``): at the mount's root (``"/"``) it answers "/webhooks/", but Starlette
+    redirects "/webhooks" itself, and a sender does not follow a redirect with its body.
+    """
 
     async def endpoint(request: Request) -> Response:
         return await receive_request(receiver, request)

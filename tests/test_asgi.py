@@ -21,6 +21,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message
 
@@ -146,6 +147,23 @@ def test_a_route_path_given_with_its_slash_answers_at_each_spelling(
                 spelling, content=body, headers=signed(body), follow_redirects=False
             )
             assert (response.status_code, response.json()) == (200, ACCEPTED), spelling
+
+
+@pytest.mark.parametrize("path", ["/", ""])
+def test_the_route_at_the_root_of_a_mount_answers_at_the_mounts_path(
+    webhooks: WebhookReceiver, path: str
+) -> None:
+    """``Mount("/hooks", routes=[webhook_route("/", ...)])``: Starlette answers "/hooks" with
+    its own redirect to "/hooks/", which must then be the endpoint, not a 404."""
+    app = Starlette(
+        routes=[Mount("/hooks", routes=[webhook_route(path, webhooks)])],
+        lifespan=webhook_lifespan(webhooks),
+    )
+    body = sample_body("message.sent")
+    with TestClient(app) as client:
+        response = client.post("/hooks/", content=body, headers=signed(body))
+        assert (response.status_code, response.json()) == (200, ACCEPTED)
+        assert client.get("/hooks/").status_code == 405
 
 
 def test_the_route_is_named_for_url_path_for(webhooks: WebhookReceiver) -> None:
