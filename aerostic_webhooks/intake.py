@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, NamedTuple, TypeVar
 
-__all__ = ["INLINE_MAX_BYTES", "Intake", "off_loop"]
+__all__ = ["HANDLER_THREADS", "INLINE_MAX_BYTES", "Intake", "handler_pool", "off_loop"]
 
 logger = logging.getLogger("aerostic_webhooks")
 
@@ -151,10 +151,14 @@ def _resolve(settled: list[tuple[asyncio.Future[object], object]]) -> None:
 
 
 _executor: ThreadPoolExecutor | None = None
+_handler_executor: ThreadPoolExecutor | None = None
+#: Threads for receives that run handlers or other code of the user's: as many as the
+#: thread pool Starlette runs a synchronous endpoint on.
+HANDLER_THREADS = 40
 
 
 def off_loop() -> ThreadPoolExecutor:
-    """Two threads for receive work that cannot run on a loop (large bodies, inline handlers).
+    """Two threads for receive work that cannot run on a loop and is ours (large bodies).
 
     Few on purpose: every thread that runs Python competes with the event loop for the GIL,
     and with many of them the loop waits its turn for hundreds of milliseconds.
@@ -165,9 +169,22 @@ def off_loop() -> ThreadPoolExecutor:
     return _executor
 
 
+def handler_pool() -> ThreadPoolExecutor:
+    """Threads for receives whose time is the user's: an inline receiver's handlers, a
+    subclass's own ``receive``. Those mostly wait (on I/O, on a lock), so two threads would
+    make each delivery wait for the handlers of the ones before it, past the sender's limit.
+    """
+    global _handler_executor  # noqa: PLW0603 (one pool per process, made on first use)
+    if _handler_executor is None:
+        _handler_executor = ThreadPoolExecutor(
+            HANDLER_THREADS, thread_name_prefix="aerostic-webhooks-inline"
+        )
+    return _handler_executor
+
+
 def _after_fork() -> None:
-    global _executor  # noqa: PLW0603 (the parent's pool threads do not exist in the child)
-    _executor = None
+    global _executor, _handler_executor  # noqa: PLW0603 (the parent's threads are gone)
+    _executor = _handler_executor = None
     for intake in list(_ALL):
         intake._reset()
 

@@ -24,7 +24,7 @@ from .errors import (
     WebhookError,
 )
 from .events import Event, parse_event
-from .intake import INLINE_MAX_BYTES, Intake, off_loop
+from .intake import INLINE_MAX_BYTES, Intake, handler_pool, off_loop
 from .leases import LeaseKeeper
 from .signature import SIGNATURE_HEADER, Secrets, signing_keys, verify_with_keys
 from .stores.base import Record, Status, Store, utcnow
@@ -261,14 +261,15 @@ class WebhookReceiver:
 
         A small delivery is verified, parsed and named on the loop (so an ``event_id=``
         callable must not do I/O); a store that does I/O records it on the receiver's intake
-        thread, many deliveries per transaction. Large bodies, inline receivers (whose
-        handlers run here) and subclasses with a ``receive`` of their own go to a thread whole.
+        thread, many deliveries per transaction. Large bodies go to a thread whole; so do
+        inline receivers (whose handlers run here) and subclasses with a ``receive`` of their
+        own, on a pool of ``HANDLER_THREADS`` threads (as many as Starlette gives sync endpoints).
         """
-        if (
-            len(body) > INLINE_MAX_BYTES
-            or self.process == "inline"
-            or type(self).receive is not WebhookReceiver.receive  # a subclass's own receive
-        ):
+        if self.process == "inline" or type(self).receive is not WebhookReceiver.receive:
+            # Handlers, or a subclass's own receive: the user's code, which may wait.
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(handler_pool(), self.receive, body, headers)
+        if len(body) > INLINE_MAX_BYTES:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(off_loop(), self.receive, body, headers)
         event, event_id, raw = self._accept(body, headers)

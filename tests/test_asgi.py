@@ -268,6 +268,32 @@ def test_store_unavailable_is_503(make_app: Callable[[WebhookReceiver], ASGIApp]
     assert_answer(response, Case("503", body, status=503, json=UNAVAILABLE))
 
 
+def test_inline_handlers_of_concurrent_deliveries_run_side_by_side(
+    make_app: Callable[[WebhookReceiver], ASGIApp],
+) -> None:
+    """Inline handlers run before the answer: eight deliveries whose handlers wait for each
+    other must all run at once, as a WSGI server's threads would run them, not two at a time
+    (the sender gives up after 5 s and a queue of slow handlers soon takes that long)."""
+    together = threading.Barrier(8)
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as receiver:
+        receiver.on("*")(lambda event: together.wait(5))
+        app = make_app(receiver)
+
+        async def deliver_all() -> list[int]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+                async def deliver(number: int) -> int:
+                    body = sample_body("message.sent", id=f"side-by-side-{number}")
+                    response = await client.post(URL, content=body, headers=signed(body))
+                    status: int = response.status_code
+                    return status
+
+                return list(await asyncio.gather(*(deliver(n) for n in range(8))))
+
+        assert asyncio.run(deliver_all()) == [200] * 8
+
+
 def test_inline_handler_failure_is_500(make_app: Callable[[WebhookReceiver], ASGIApp]) -> None:
     with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as receiver:
         receiver.on("*")(lambda event: 1 / 0)
