@@ -17,6 +17,10 @@ from .signature import SIGNATURE_HEADER
 
 __all__ = ["operation_extra", "responses"]
 
+# What the receiver accepts (signature.py): any of the comma-separated values well formed,
+# its prefix in any case. ECMA-262 syntax, which has no inline flags.
+_SIGNATURE_PATTERN = r"(^|,)\s*[sS][hH][aA]256=[0-9a-fA-F]{64}\s*(,|$)"
+
 
 def responses(*, inline: bool = False) -> dict[int | str, dict[str, Any]]:
     """The operation's ``responses``: 200 and each refusal of the response contract (with
@@ -48,8 +52,12 @@ def operation_extra() -> dict[str, Any]:
                 "name": SIGNATURE_HEADER,
                 "in": "header",
                 "required": True,
-                "description": "sha256=<hex HMAC-SHA256 of the raw body, keyed by the secret>",
-                "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
+                "description": (
+                    "sha256=<hex HMAC-SHA256 of the raw body, keyed by the secret>; while "
+                    "secrets rotate, several such values separated by commas"
+                ),
+                # A search, as JSON Schema's patterns are: one of the comma-separated values.
+                "schema": {"type": "string", "pattern": _SIGNATURE_PATTERN},
             }
         ],
         "requestBody": {

@@ -36,6 +36,7 @@ from aerostic_webhooks import (
     SQLiteStore,
     StoreUnavailable,
     WebhookReceiver,
+    sign,
 )
 from aerostic_webhooks.fastapi import verified_event, verified_receipt, webhook_router
 from aerostic_webhooks.starlette import webhook_lifespan, webhook_route
@@ -456,6 +457,29 @@ def test_openapi_documents_the_endpoint() -> None:
     }
     assert {"200", "400", "401", "413"} <= set(operation["responses"])
     assert URL + "/" not in schema["paths"]  # the slash spelling works but is not listed twice
+
+
+# As for test_openapi_documents_the_endpoint: FastAPI 0.125 with pydantic 2.6 warns.
+@pytest.mark.filterwarnings(
+    "ignore:The `__fields__` attribute is deprecated:pydantic.warnings.PydanticDeprecatedSince20"
+)
+def test_openapi_signature_pattern_admits_every_header_the_receiver_accepts() -> None:
+    """A gateway or a test generator that checks requests against the schema must not refuse
+    the header a sender sends while rotating secrets, which the receiver accepts."""
+    body = sample_body("message.received")
+    new, old = sign(body, SECRET), sign(body, "whsec_previous")
+    accepted = [new, f"{old},{new}", f"{new}, {old}", new.replace("sha256", "SHA256")]
+    refused = ["", "sha256=", "sha1=" + "0" * 40, "sha256=" + "0" * 63, "sha256=" + "0" * 65]
+    with WebhookReceiver([SECRET, "whsec_other"], store=MemoryStore()) as receiver:
+        (parameter,) = fastapi_app(receiver).openapi()["paths"][URL]["post"]["parameters"]
+        pattern = re.compile(parameter["schema"]["pattern"])  # JSON Schema: a search
+        for value in accepted:
+            receiver.receive(body, {"X-Aerostic-Signature": value})
+            assert pattern.search(value), value
+        for value in refused:
+            with pytest.raises(InvalidSignature):
+                receiver.receive(body, {"X-Aerostic-Signature": value})
+            assert not pattern.search(value), value
 
 
 # As for test_openapi_documents_the_endpoint: FastAPI 0.125 with pydantic 2.6 warns.
