@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -341,6 +343,52 @@ def test_only_a_busy_database_is_retried() -> None:
         sqlite_module._when_free(lambda: conn.execute("SELECT * FROM nowhere"), timeout=5)
     assert time.monotonic() - started < 1.0
     conn.close()
+
+
+def test_a_large_sqlite_purge_does_not_hold_deliveries_past_their_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    # A week of records at a busy receiver, past retention at once (the worker's first purge
+    # after a pause, or `inbox purge` by hand): one DELETE of them all held the write lock
+    # for seconds, and a delivery on another connection waited out its busy timeout (503).
+    path = tmp_path / "inbox.sqlite3"
+    worker_side = SQLiteStore(path)
+    old = utcnow() - timedelta(days=30)
+    worker_side.add(Record("seed", "message.received", b"{}", old, status=Status.DONE))
+    many = 150_000
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        columns = ", ".join(
+            name for (_, name, *_) in conn.execute(f"PRAGMA table_info({sqlite_module._TABLE})")
+        )
+        copied = columns.replace("event_id", "'old' || n", 1)
+        conn.execute(
+            f"WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < ?) "
+            f"INSERT INTO {sqlite_module._TABLE} ({columns}) SELECT {copied} "
+            f"FROM seq, {sqlite_module._TABLE} WHERE event_id = 'seed'",
+            (many,),
+        )
+    web_side = SQLiteStore(path, busy_timeout=0.1)
+    purged: list[int] = []
+    purging = threading.Thread(
+        target=lambda: purged.append(worker_side.purge(older_than=utcnow() - timedelta(days=7)))
+    )
+    purging.start()
+    waits = []
+    try:
+        n = 0
+        while purging.is_alive():
+            started = time.monotonic()
+            assert web_side.add(*pending(f"new{n}")) is True  # StoreUnavailable before
+            waits.append(time.monotonic() - started)
+            n += 1
+            time.sleep(0.01)
+    finally:
+        purging.join()
+    assert purged == [many + 1]
+    assert waits  # some were recorded while the purge ran
+    assert web_side.counts()[Status.PENDING] == len(waits)
+    worker_side.close()
+    web_side.close()
 
 
 def test_an_unreachable_redis_gives_store_unavailable_quickly(redis_url: str) -> None:

@@ -227,6 +227,15 @@ if hasattr(os, "register_at_fork"):
     )
 
 
+# purge() deletes this many records a transaction (a few milliseconds of the write lock),
+# and sleeps this long between them: longer than a waiting delivery sleeps between tries.
+_PURGE_BATCH = 1000
+_PURGE_PAUSE = 0.005
+_PURGE = (
+    f"DELETE FROM {_TABLE} WHERE rowid IN (SELECT rowid FROM {_TABLE} "
+    "WHERE status IN ('done', 'failed') AND received_at < ? LIMIT ?)"
+)
+
 _INSERT = (
     f"INSERT OR IGNORE INTO {_TABLE} ({_COLUMNS}, due_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -587,12 +596,20 @@ class SQLiteStore:
         return _dt(row[0])
 
     def purge(self, *, older_than: datetime) -> int:
-        with self._cursor() as conn:
-            cursor = conn.execute(
-                f"DELETE FROM {_TABLE} WHERE status IN ('done', 'failed') AND received_at < ?",
-                (older_than.timestamp(),),
-            )
-        return cursor.rowcount
+        """Delete in batches of ``_PURGE_BATCH``, one transaction each, pausing between them.
+
+        A week of a busy receiver's records deleted in one statement held the write lock for
+        seconds, and deliveries waited out their busy timeout (503s) meanwhile; the pause
+        lets those waiting for the lock (sleeping up to ``_RETRY_MAX`` a try) take it."""
+        cutoff = older_than.timestamp()
+        total = 0
+        while True:
+            with self._cursor() as conn:
+                deleted = conn.execute(_PURGE, (cutoff, _PURGE_BATCH)).rowcount
+            total += deleted
+            if deleted < _PURGE_BATCH:
+                return total
+            time.sleep(_PURGE_PAUSE)
 
     def maintain(self) -> None:
         """Checkpoint the WAL on the worker's connection, so that deliveries never do, even
