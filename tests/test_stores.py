@@ -434,6 +434,32 @@ def test_a_redis_store_made_from_a_url_gives_up_after_two_seconds() -> None:
         store.close()
 
 
+def test_requeue_failed_on_redis_takes_a_large_backlog_in_short_steps(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The dead letters of a handler broken for a day, requeued at once: one script for them
+    all blocked Redis past the client's timeout (deliveries meanwhile got 503s), and the call
+    raised TimeoutError although the script went on to requeue every one."""
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    many = 30_000
+    seeding = RedisStore(redis_url, prefix=redis_prefix)
+    for start in range(0, many, 5000):
+        failed = [record(f"f{n}", status=Status.FAILED) for n in range(start, start + 5000)]
+        assert all(seeding.add_many(failed))
+    seeding.add(record("done", status=Status.DONE))
+    seeding.close()
+    store = RedisStore(redis_url, prefix=redis_prefix, timeout=0.1)
+    assert store.requeue_failed() == many
+    assert store.counts() == {
+        Status.PENDING: many,
+        Status.PROCESSING: 0,
+        Status.DONE: 1,
+        Status.FAILED: 0,
+    }
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("setting", "expected"), [(None, 1), ("FULL", 2), ("off", 0), ("extra", 3)]
 )

@@ -160,23 +160,35 @@ return 1
 """
 )
 
-# ARGV: prefix, now, ids... ; with no ids, every failed record
-_REQUEUE = (
+_REQUEUE_LIB = (
     _LIB
     + """
-local ids = {}
-for i = 3, #ARGV do table.insert(ids, ARGV[i]) end
-if #ARGV == 2 then ids = redis.call('ZRANGE', p .. 's:failed', 0, -1) end
-local count = 0
-for _, id in ipairs(ids) do
+local function requeue(id, now)
   local key = p .. 'r:' .. id
   local status = redis.call('HGET', key, 'status')
-  if status and status ~= 'processing' then
-    redis.call('HSET', key, 'status', 'pending', 'attempts', 0, 'next_attempt_at', ARGV[2],
-               'updated_at', ARGV[2])
-    redis.call('ZADD', p .. 'due', ARGV[2], id)
-    move(id, status, 'pending')
-    count = count + 1
+  if not status or status == 'processing' then return 0 end
+  redis.call('HSET', key, 'status', 'pending', 'attempts', 0, 'next_attempt_at', now,
+             'updated_at', now)
+  redis.call('ZADD', p .. 'due', now, id)
+  move(id, status, 'pending')
+  return 1
+end
+"""
+)
+
+# ARGV: prefix, now, id
+_REQUEUE = _REQUEUE_LIB + "return requeue(ARGV[3], ARGV[2])\n"
+
+# ARGV: prefix, now, batch size: the first failed records, a batch a call (see requeue_failed)
+_REQUEUE_FAILED = (
+    _REQUEUE_LIB
+    + """
+local count = 0
+for _, id in ipairs(redis.call('ZRANGE', p .. 's:failed', 0, tonumber(ARGV[3]) - 1)) do
+  if redis.call('EXISTS', p .. 'r:' .. id) == 0 then
+    redis.call('ZREM', p .. 's:failed', id)  -- its record is gone (evicted): nothing to do
+  else
+    count = count + requeue(id, ARGV[2])
   end
 end
 return count
@@ -202,6 +214,10 @@ end
 return count
 """
 )
+
+
+# How many records one purge or requeue_failed script changes: a few milliseconds of Redis.
+_BATCH = 500
 
 
 def _opt(value: datetime | None) -> str:
@@ -252,6 +268,7 @@ class RedisStore:
                 ("finish", _FINISH),
                 ("release", _RELEASE),
                 ("requeue", _REQUEUE),
+                ("requeue_failed", _REQUEUE_FAILED),
                 ("purge", _PURGE),
             )
         }
@@ -406,7 +423,16 @@ class RedisStore:
         return bool(self._run("requeue", repr(time.time()), event_id))
 
     def requeue_failed(self) -> int:
-        return int(self._run("requeue", repr(time.time())))
+        """In batches of ``_BATCH``, one script each, as ``purge``: one script for a large
+        backlog of dead letters blocked Redis past its clients' timeouts. Records that fail
+        again while it runs are left failed (it takes as many as were failed at the start)."""
+        left = int(self.client.zcard(f"{self.prefix}s:failed"))
+        total = 0
+        while left > 0:
+            batch = min(left, _BATCH)
+            total += int(self._run("requeue_failed", repr(time.time()), batch))
+            left -= batch
+        return total
 
     def get(self, event_id: str) -> Record | None:
         found = self._fetch([event_id])
@@ -456,7 +482,7 @@ class RedisStore:
     def purge(self, *, older_than: datetime) -> int:
         total = 0
         while True:
-            purged = int(self._run("purge", repr(older_than.timestamp()), 500))
+            purged = int(self._run("purge", repr(older_than.timestamp()), _BATCH))
             total += purged
             if purged == 0:
                 return total
