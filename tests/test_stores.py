@@ -325,6 +325,17 @@ def test_list_and_counts_by_each_status(store: Store) -> None:
     assert store.counts() == dict.fromkeys(Status, 2)
 
 
+def test_list_takes_a_status_by_its_name_in_every_store(store: Store) -> None:
+    """``Status`` is a ``str`` enum: "failed" (from a query string, a form) is that status.
+    The SQL and Redis stores filtered by it; the memory store compared by identity and
+    listed nothing."""
+    store.add(record("p"))
+    store.add(record("f", status=Status.FAILED))
+    for name, expected in (("pending", ["p"]), ("failed", ["f"]), ("done", [])):
+        listed = store.list(status=name)  # type: ignore[arg-type]
+        assert [r.event_id for r in listed] == expected
+
+
 def test_records_added_in_any_state_are_claimed_and_counted_by_that_state(store: Store) -> None:
     """Settled records are never claimed, even with a lease left on them; a processing one
     with no lease is no worker's, and is taken up at once."""

@@ -207,6 +207,8 @@ class MemoryStore:
         limit: int = 100,
         offset: int = 0,
     ) -> list[Record]:
+        if status is not None:
+            status = Status(status)  # by name too ("failed"), as the other stores take it
         records = tuple(self._records.values())
         matching = [
             r
