@@ -201,8 +201,8 @@ class Worker:
     its wait runs out (a retry falling due, work recorded by another process). One thread at a
     time claims from the store, as many records as there are free threads, so a record never
     waits behind a busy one; the others run what it claimed. A housekeeping thread renews the
-    leases of claimed records, so a slow handler is not taken up twice, and purges records
-    past retention.
+    leases of claimed records, so a slow handler is not taken up twice; another purges
+    records past retention.
     """
 
     def __init__(
@@ -319,6 +319,13 @@ class Worker:
                     name="aerostic-webhooks-housekeeping",
                 )
             )
+            threads.append(
+                threading.Thread(
+                    target=self._purging,
+                    args=(self._finished,),
+                    name="aerostic-webhooks-purge",
+                )
+            )
             for thread in threads:
                 thread.daemon = True
                 thread.start()
@@ -376,7 +383,7 @@ class Worker:
             for _ in range(self._concurrency):
                 self._tokens.put(False)
         deadline = time.monotonic() + timeout
-        *handlers, housekeeping = threads
+        *handlers, housekeeping, purging = threads
         for thread in handlers:
             thread.join(max(deadline - time.monotonic(), 0))
         # Leases are renewed until the handlers are done or the timeout ends: stopped any
@@ -385,6 +392,7 @@ class Worker:
         # A little past the timeout if need be: the store is closed next, and housekeeping
         # may be finishing a renewal or a checkpoint.
         housekeeping.join(max(deadline - time.monotonic(), 0.05))
+        purging.join(max(deadline - time.monotonic(), 0.05))
         with self._changed:
             unfinished = len(self._in_flight)
         if unfinished:
@@ -736,7 +744,7 @@ class Worker:
         )
 
     def _housekeeping(self, finished: threading.Event) -> None:
-        next_renewal = next_purge = time.monotonic()
+        next_renewal = time.monotonic()
         while not finished.is_set():
             try:
                 with self._context():
@@ -744,9 +752,6 @@ class Worker:
                     if now >= next_renewal:
                         self._renew()
                         next_renewal = now + self._lease / 3
-                    if now >= next_purge:
-                        self._purge()
-                        next_purge = now + self._purge_interval
                     self._complete()  # what a thread that went on to a slow handler left
                     self._complete_unsettled()
                     self._maintain()
@@ -764,6 +769,20 @@ class Worker:
                 "recorded are left to their leases",
                 exc_info=True,
             )
+
+    def _purging(self, finished: threading.Event) -> None:
+        """Purge records past retention at start and every ``purge_interval``, on a thread of
+        its own: purging a week of a busy receiver's records takes seconds, and on the
+        housekeeping thread it held up lease renewals meanwhile, so a slow handler's record
+        could be taken up by another worker while it still ran."""
+        while not finished.is_set():
+            try:
+                with self._context():
+                    self._purge()
+            except Exception:
+                self._context_failed(finished)
+                continue
+            finished.wait(self._purge_interval)
 
     def _maintain(self) -> None:
         try:

@@ -1303,6 +1303,40 @@ def test_purge_runs_again_every_purge_interval() -> None:
         worker.close(5)
 
 
+class SlowPurgeStore(MemoryStore):
+    """A real MemoryStore whose purge takes as long as deleting a week of a busy receiver's
+    records does (seconds: SQLite's batches, or Redis's scripts of 500)."""
+
+    def purge(self, *, older_than: datetime) -> int:
+        time.sleep(1.5)
+        return super().purge(older_than=older_than)
+
+
+def test_a_long_purge_does_not_hold_up_lease_renewals() -> None:
+    # The purge ran on the thread that renews leases: while it ran, a slow handler's lease
+    # ran out and another process's worker took its record up and ran it a second time.
+    store = SlowPurgeStore()
+    add_due(store, "slow")
+    running, release = threading.Event(), threading.Event()
+
+    def slow(record: Record) -> None:
+        running.set()
+        release.wait(10)
+
+    worker = Worker(store, slow, lease_seconds=0.5)
+    worker.start()
+    try:
+        assert running.wait(5)
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            assert store.claim("another-process", limit=1, lease=30) == []
+            time.sleep(0.05)
+    finally:
+        release.set()
+        worker.close(5)
+    assert status_of(store, "slow") is Status.DONE
+
+
 def test_closing_an_idle_worker_stops_every_thread_at_once() -> None:
     worker = Worker(MemoryStore(), lambda record: None, concurrency=4, poll_interval=60.0)
     worker.start()
