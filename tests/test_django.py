@@ -984,3 +984,46 @@ def test_a_retention_or_lease_no_date_can_express_is_a_setting_error(
     settings.AEROSTIC_WEBHOOKS = value
     [error] = check_settings()
     assert error.id == f"aerostic_webhooks.{code}"
+
+
+@pytest.mark.parametrize("path", [URL, "/async-hooks/"])
+def test_atomic_requests_neither_breaks_the_view_nor_holds_back_the_record(
+    monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """ATOMIC_REQUESTS = True: Django refuses to wrap an async view in a transaction (a 500 for
+    every delivery), and a sync view's record would stay uncommitted, out of the worker's
+    sight, until the request ended. The store commits its own writes: the view is exempt."""
+    from django.db import connections
+    from django.test import AsyncClient
+
+    monkeypatch.setitem(connections.settings["default"], "ATOMIC_REQUESTS", True)
+    committed: list[bool] = []
+    add = DjangoStore.add
+
+    def add_and_look_from_another_connection(self: DjangoStore, record: Record) -> bool:
+        added = add(self, record)
+
+        def look() -> None:
+            try:
+                committed.append(WebhookEvent.objects.filter(event_id=record.event_id).exists())
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=look)
+        thread.start()
+        thread.join()
+        return added
+
+    if path == URL:  # the async view records in batches, each its own transaction
+        monkeypatch.setattr(DjangoStore, "add", add_and_look_from_another_connection)
+    body = sample_body("message.received", id=f"atomic{len(path)}")
+
+    async def deliver() -> Any:
+        return await AsyncClient().post(
+            path, data=body, content_type="application/json", headers=signed(body)
+        )
+
+    response = asyncio.run(deliver())
+    assert response.status_code == 200, response.content
+    assert json.loads(response.content) == {"received": True}
+    assert committed == ([True] if path == URL else [])

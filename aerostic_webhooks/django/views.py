@@ -34,6 +34,10 @@ class AerosticWebhookView(View):
         # The sender has no CSRF token and no session: the signature is the check.
         view.csrf_exempt = True  # type: ignore[attr-defined]
         view.login_required = False  # type: ignore[attr-defined]  # LoginRequiredMiddleware
+        # Under ATOMIC_REQUESTS the store still commits each record itself, before the answer:
+        # Django refuses an async view wrapped in a transaction, and a record left in the
+        # request's transaction is out of the worker's sight until the request ends.
+        view._non_atomic_requests = _EveryDatabase()  # type: ignore[attr-defined]
         return view
 
     def get_receiver(self) -> WebhookReceiver:
@@ -72,6 +76,13 @@ class AsyncAerosticWebhookView(AerosticWebhookView):
         headers = EnvironHeaders(request.META)
         chunks, length = _chunks(_reader(request)), _length(request)
         return _answer(await respond_async(receiver, headers, chunks, length, _upload_limit()))
+
+
+class _EveryDatabase(set[str]):
+    """``_non_atomic_requests`` naming every database alias, those configured later too."""
+
+    def __contains__(self, alias: object) -> bool:
+        return True
 
 
 def _answer(outcome: tuple[int, bytes]) -> HttpResponse:
