@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -271,11 +271,25 @@ class WebhookReceiver:
             return await loop.run_in_executor(handler_pool(), self.receive, body, headers)
         if len(body) > INLINE_MAX_BYTES:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(off_loop(), self.receive, body, headers)
+            return await loop.run_in_executor(off_loop(), self._receive_off_loop, body, headers)
         event, event_id, raw = self._accept(body, headers)
         if not getattr(self.store, "blocking", True):
             return self._record(event, event_id, raw)
         return await self._intake.submit((event, event_id, raw))
+
+    def _receive_off_loop(self, body: bytes | bytearray | memoryview, headers: Headers) -> Receipt:
+        """``receive`` on a pool thread, inside ``worker_context`` as the intake's writes are:
+        nothing else looks after that thread's connections (Django's, closed after use, and
+        replaced when the server dropped them)."""
+        if self._context is nullcontext:
+            return self.receive(body, headers)
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._context())
+            except Exception as error:
+                logger.warning("worker_context failed, delivery refused: %s", type(error).__name__)
+                raise StoreUnavailable(f"worker_context raised {type(error).__name__}") from None
+            return self.receive(body, headers)
 
     def _record_batch(
         self, batch: list[tuple[Event, str, bytes]]

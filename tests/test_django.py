@@ -1027,3 +1027,37 @@ def test_atomic_requests_neither_breaks_the_view_nor_holds_back_the_record(
     assert response.status_code == 200, response.content
     assert json.loads(response.content) == {"received": True}
     assert committed == ([True] if path == URL else [])
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_async_view_large_deliveries_survive_a_lost_connection(settings: Any) -> None:
+    """A delivery too large to verify on the event loop is received whole on a pool thread.
+    That thread's database connection gets Django's upkeep as a request's does: closed after
+    use (CONN_MAX_AGE), so a connection the server dropped is not used again for ever after."""
+    from django.db import connections
+    from django.test import AsyncClient
+
+    settings.AEROSTIC_WEBHOOKS = {
+        **settings.AEROSTIC_WEBHOOKS,
+        "DATABASE": "postgres",
+        "MAX_BODY_BYTES": 1_048_576,
+    }
+
+    async def deliver(n: int) -> int:
+        body = sample_body("message.received", id=f"large{n}", text="x" * 70_000)
+        response = await AsyncClient().post(
+            "/async-hooks/", data=body, content_type="application/json", headers=signed(body)
+        )
+        return int(response.status_code)
+
+    assert asyncio.run(deliver(1)) == 200
+    with connections["postgres"].cursor() as cursor:  # the server restarts, say
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert [asyncio.run(deliver(n)) for n in range(2, 8)] == [200] * 6
+    assert get_receiver().drain(30)
+    rows = WebhookEvent.objects.using("postgres").filter(event_id__startswith="message.received:l")
+    assert rows.filter(status="done").count() == 7
