@@ -23,7 +23,7 @@ from django.apps import apps
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse
 from django.test import Client
@@ -1061,3 +1061,51 @@ def test_postgres_async_view_large_deliveries_survive_a_lost_connection(settings
     assert get_receiver().drain(30)
     rows = WebhookEvent.objects.using("postgres").filter(event_id__startswith="message.received:l")
     assert rows.filter(status="done").count() == 7
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_the_admin_shows_the_database_the_setting_names(
+    client: Client, settings: Any
+) -> None:
+    settings.AEROSTIC_WEBHOOKS = {**settings.AEROSTIC_WEBHOOKS, "DATABASE": "postgres"}
+    assert DjangoStore(using="postgres").add(
+        Record("message.sent:elsewhere", "message.sent", sample_body("message.sent"), utcnow())
+    )
+    row = WebhookEvent.objects.using("postgres").get(event_id="message.sent:elsewhere")
+    admin_client(client)
+    assert "message.sent:elsewhere" in client.get(CHANGELIST).content.decode()
+    detail = client.get(f"{CHANGELIST}{row.pk}/change/")
+    assert detail.status_code == 200
+    assert "message.sent:elsewhere" in detail.content.decode()
+    response = client.post(
+        CHANGELIST, {"action": "reprocess", "_selected_action": [row.pk]}, follow=True
+    )
+    assert "1 event(s) queued" in response.content.decode()
+
+
+class WebhooksToPostgres:
+    """A project's router: the webhook app's table lives in the "postgres" database."""
+
+    def _route(self, model: type[Model], **hints: Any) -> str | None:
+        return "postgres" if model._meta.app_label == "aerostic_webhooks" else None
+
+    db_for_read = db_for_write = _route
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_without_a_database_setting_the_routers_decide(
+    client: Client, settings: Any, received: Recorder
+) -> None:
+    settings.DATABASE_ROUTERS = [f"{__name__}.WebhooksToPostgres"]
+    assert "DATABASE" not in settings.AEROSTIC_WEBHOOKS
+    deliver_all(client, [sample_body("message.read", id="routed")])
+    assert WebhookEvent.objects.using("postgres").get(event_id="message.read:routed").status == (
+        "done"
+    )
+    assert not WebhookEvent.objects.using("default").filter(event_id="message.read:routed")
+    assert [call["event_id"] for call in received.calls] == ["message.read:routed"]
+    settings.AEROSTIC_WEBHOOKS = {**settings.AEROSTIC_WEBHOOKS, "DATABASE": "default"}
+    assert get_receiver().store.get("message.read:routed") is not None  # built already
+    assert [message.id for message in check_settings()] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.db.models import QuerySet
@@ -11,6 +12,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from . import get_receiver
+from .conf import webhook_settings
 from .models import WebhookEvent
 
 __all__ = ["WebhookEventAdmin"]
@@ -36,6 +38,12 @@ class WebhookEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "updated_at",
         "formatted_payload",
     )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookEvent]:
+        """The rows of the database the store writes to (``AEROSTIC_WEBHOOKS['DATABASE']``)."""
+        rows: QuerySet[WebhookEvent] = super().get_queryset(request)
+        database = webhook_settings().database
+        return rows.using(database) if database in settings.DATABASES else rows
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # rows come from Aerostic only

@@ -79,7 +79,7 @@ def webhook_settings() -> WebhookSettings:
     if not is_number(lease_seconds) or not lease_works(lease_seconds):
         problems.append(("E006", f"{SETTING}['LEASE_SECONDS'] must be a positive, finite number"))
         lease_seconds = 30.0
-    database = raw.get("DATABASE", "default")
+    database = raw["DATABASE"] if raw.get("DATABASE") is not None else _routed_database()
     if not isinstance(database, str) or database not in settings.DATABASES:
         problems.append(
             ("E008", f"{SETTING}['DATABASE'] names no database of DATABASES: {database!r}")
@@ -94,6 +94,15 @@ def webhook_settings() -> WebhookSettings:
         database=str(database),
         problems=tuple(problems),
     )
+
+
+def _routed_database() -> str:
+    """Where the project's DATABASE_ROUTERS send the table's writes ("default" without any)."""
+    from django.db import router
+
+    from .models import WebhookEvent
+
+    return str(router.db_for_write(WebhookEvent))
 
 
 def _positive_int(value: object) -> bool:
