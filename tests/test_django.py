@@ -1109,3 +1109,22 @@ def test_postgres_without_a_database_setting_the_routers_decide(
     settings.AEROSTIC_WEBHOOKS = {**settings.AEROSTIC_WEBHOOKS, "DATABASE": "default"}
     assert get_receiver().store.get("message.read:routed") is not None  # built already
     assert [message.id for message in check_settings()] == []
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ({}, "'SECRET'"),
+        ("whsec_pasted", "'SECRET'"),
+        ({"SECRET": "s", "WORKER": "celery"}, "'WORKER'"),
+        ({"SECRET": "s", "DATABASE": "nope"}, "'DATABASE'"),
+        ({"SECRET": "s", "RETENTION": -1}, "'RETENTION'"),
+    ],
+)
+def test_each_check_hints_at_the_key_it_reports(settings: Any, value: Any, hint: str) -> None:
+    """The hint says what to fix: not "set the SECRET" for a WORKER or DATABASE mistake."""
+    settings.AEROSTIC_WEBHOOKS = value
+    [error] = check_settings()
+    assert error.hint is not None and hint in error.hint, error
+    if hint != "'SECRET'":
+        assert "'SECRET'" not in error.hint, error

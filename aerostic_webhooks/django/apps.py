@@ -113,10 +113,20 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if app_configs is not None and apps.get_app_config("aerostic_webhooks") not in app_configs:
         return []
     return [
-        checks.Error(
-            message,
-            hint=f"Set {SETTING} = {{'SECRET': env('AEROSTIC_WEBHOOK_SECRET')}} in settings.py.",
-            id=f"aerostic_webhooks.{code}",
-        )
+        checks.Error(message, hint=_HINTS.get(code), id=f"aerostic_webhooks.{code}")
         for code, message in webhook_settings().problems
     ]
+
+
+_SET_THE_SECRET = f"Set {SETTING} = {{'SECRET': env('AEROSTIC_WEBHOOK_SECRET')}} in settings.py."
+#: What to do about each problem the settings can have: the key it is about, not the secret's.
+_HINTS = {
+    "E001": _SET_THE_SECRET,
+    "E002": f"Set {SETTING}['MAX_BODY_BYTES'] to a number of bytes, or leave it out (1 MiB).",
+    "E003": f"Set {SETTING}['RETENTION'] to a timedelta such as timedelta(days=7), or omit it.",
+    "E004": f"Set {SETTING}['WORKER'] to 'thread' or 'external', or leave it out ('thread').",
+    "E005": f"Set {SETTING}['CONCURRENCY'] to a number of threads such as 4, or leave it out.",
+    "E006": f"Set {SETTING}['LEASE_SECONDS'] to a number of seconds such as 30, or leave it out.",
+    "E007": _SET_THE_SECRET,
+    "E008": f"Set {SETTING}['DATABASE'] to an alias of DATABASES, or leave it out.",
+}
