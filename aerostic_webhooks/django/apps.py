@@ -10,7 +10,7 @@ from typing import Any
 
 from django.apps import AppConfig, apps
 from django.core import checks
-from django.core.signals import request_started
+from django.core.signals import request_started, setting_changed
 from django.db import close_old_connections
 
 from ..events import Event
@@ -66,6 +66,9 @@ class AerosticWebhooksConfig(AppConfig):
     def __init__(self, app_name: str, app_module: Any) -> None:
         super().__init__(app_name, app_module)
         self._receiver: WebhookReceiver | None = None
+        # What was registered on a receiver that a change of the settings replaced (tests'
+        # override_settings): its handlers and error hooks, for the next one.
+        self._carried: WebhookReceiver | None = None
         self._lock = threading.Lock()
 
     def ready(self) -> None:
@@ -73,6 +76,19 @@ class AerosticWebhooksConfig(AppConfig):
         # A thread worker starts with the first request this process serves, so retries
         # and records left by a dead process are taken up without waiting for a delivery.
         request_started.connect(self._first_request, dispatch_uid="aerostic_webhooks_start")
+        setting_changed.connect(self._setting_changed, dispatch_uid="aerostic_webhooks_settings")
+
+    def _setting_changed(self, *, setting: str, **kwargs: Any) -> None:
+        """``override_settings`` (or pytest-django's ``settings``) changed what the receiver
+        is built from: stop it, and build the next one from the new settings on first use."""
+        if setting not in (SETTING, "DATABASES", "DATABASE_ROUTERS"):
+            return
+        with self._lock:
+            old, self._receiver = self._receiver, None
+            if old is not None:
+                self._carried = old
+        if old is not None:
+            old.close()
 
     def _first_request(self, **kwargs: Any) -> None:
         request_started.disconnect(dispatch_uid="aerostic_webhooks_start")
@@ -84,7 +100,11 @@ class AerosticWebhooksConfig(AppConfig):
         if self._receiver is None:
             with self._lock:
                 if self._receiver is None:
-                    self._receiver = self.build_receiver()
+                    receiver = self.build_receiver()
+                    if self._carried is not None:
+                        _carry_over(self._carried, receiver)
+                        self._carried = None
+                    self._receiver = receiver
         return self._receiver
 
     def build_receiver(self) -> WebhookReceiver:
@@ -106,6 +126,17 @@ class AerosticWebhooksConfig(AppConfig):
         receiver.on("*")(_send_signals)
         receiver.on_error(_send_failed)
         return receiver
+
+
+def _carry_over(old: WebhookReceiver, new: WebhookReceiver) -> None:
+    """The handlers and error hooks registered on ``old`` (``get_receiver().on(...)``), other
+    than the app's own, registered on ``new`` too."""
+    for pattern, handler in old._handlers:
+        if handler is not _send_signals:
+            new.on(pattern)(handler)
+    for hook in old._error_hooks:
+        if hook is not _send_failed:
+            new.on_error(hook)
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
