@@ -1151,3 +1151,15 @@ def test_override_settings_gives_a_receiver_built_from_the_new_settings(
     assert get_receiver().drain(30)
     assert sorted(handled) == ["after", "before", "during"]
     assert sorted(call["event"].data.id for call in received.calls) == ["after", "before", "during"]
+
+
+def test_the_purge_command_is_silent_at_verbosity_0(settings: Any) -> None:
+    """A cron job runs ``aerostic_webhooks_purge -v 0`` to hear only of errors."""
+    settings.AEROSTIC_WEBHOOKS = {"SECRET": SECRET, "RETENTION": timedelta(hours=1)}
+    store = DjangoStore()
+    old = utcnow() - timedelta(hours=2)
+    assert store.add(Record("old-done", "message.sent", b"{}", old, status=Status.DONE))
+    output = io.StringIO()
+    call_command("aerostic_webhooks_purge", verbosity=0, stdout=output)
+    assert output.getvalue() == ""
+    assert store.get("old-done") is None

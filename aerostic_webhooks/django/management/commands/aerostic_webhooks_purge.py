@@ -25,4 +25,5 @@ class Command(BaseCommand):
             raise CommandError("; ".join(problems))
         store = DjangoStore(using=configured.database)
         purged = store.purge(older_than=utcnow() - configured.retention)
-        self.stdout.write(f"purged {purged} webhook event(s) older than {configured.retention}")
+        if options["verbosity"] >= 1:  # -v 0: a cron job hears of errors only
+            self.stdout.write(f"purged {purged} webhook event(s) older than {configured.retention}")
