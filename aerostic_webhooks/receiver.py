@@ -268,7 +268,7 @@ class WebhookReceiver:
         if self.process == "inline" or type(self).receive is not WebhookReceiver.receive:
             # Handlers, or a subclass's own receive: the user's code, which may wait.
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(handler_pool(), self.receive, body, headers)
+            return await loop.run_in_executor(handler_pool(), self._receive_off_loop, body, headers)
         if len(body) > INLINE_MAX_BYTES:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(off_loop(), self._receive_off_loop, body, headers)

@@ -393,3 +393,41 @@ def test_memoryview_and_bytearray_bodies(receiver: WebhookReceiver) -> None:
 def test_process_must_be_known() -> None:
     with pytest.raises(ValueError, match="process"):
         WebhookReceiver(SECRET, store=MemoryStore(), process="lambda")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("process", "size"),
+    [("inline", 0), ("background", 70_000)],
+    ids=["inline receiver", "body too large for the loop"],
+)
+def test_receive_async_on_a_pool_thread_records_inside_worker_context(
+    process: Any, size: int
+) -> None:
+    """A delivery ``receive_async`` hands to a pool thread is recorded inside
+    ``worker_context`` (Django's connection upkeep), as the intake's and the worker's are."""
+    import asyncio
+    import contextlib
+    from collections.abc import Iterator
+
+    inside = threading.local()
+    added: list[bool] = []
+
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        inside.yes = True
+        try:
+            yield
+        finally:
+            inside.yes = False
+
+    class Watched(MemoryStore):
+        def add(self, record: Record) -> bool:
+            added.append(getattr(inside, "yes", False))
+            return super().add(record)
+
+    receiver = WebhookReceiver(SECRET, store=Watched(), process=process, worker_context=context)
+    with receiver:
+        body = sample_body("message.received", id="pooled", text="x" * size)
+        receipt = asyncio.run(receiver.receive_async(body, headers_for(body)))
+        assert receipt.event_id == "message.received:pooled"
+        assert added == [True]
