@@ -179,7 +179,8 @@ _UNKNOWN: TypeAdapter[UnknownEvent] = TypeAdapter(UnknownEvent)
 
 
 def event_json_schema() -> dict[str, Any]:
-    """The JSON Schema of a delivery's body (any of the known events), with no ``$ref``s.
+    """The JSON Schema of a delivery's body, with no ``$ref``s: one of the known events, or an
+    event of a type they do not name (accepted too: the sender adds types).
 
     Self-contained, so it can be embedded anywhere, such as an OpenAPI request body.
     """
@@ -198,6 +199,11 @@ def event_json_schema() -> dict[str, Any]:
         return node
 
     result: dict[str, Any] = inline(schema)
+    known = [variant["properties"]["event"]["const"] for variant in result["oneOf"]]
+    unknown = TypeAdapter(UnknownEvent).json_schema(by_alias=True)
+    # Only the types no known model takes, so that exactly one variant matches any body.
+    unknown["properties"]["event"]["not"] = {"enum": known}
+    result["oneOf"].append(unknown)
     return result
 
 

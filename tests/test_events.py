@@ -283,12 +283,40 @@ def test_the_json_schema_uses_the_wire_names() -> None:
     by_type = {
         variant["properties"]["event"]["const"]: variant["properties"]["data"]["properties"]
         for variant in schema["oneOf"]
+        if variant["title"] != "UnknownEvent"
     }
     assert sorted(by_type) == sorted(EVENT_TYPES)
     assert "from" in by_type["message.received"] and "from_" not in by_type["message.received"]
     assert "deliveredAt" in by_type["message.delivered"]
     assert "readAt" in by_type["message.read"]
     assert "$defs" not in json.dumps(schema) and "$ref" not in json.dumps(schema)
+
+
+def test_the_json_schema_takes_exactly_what_parse_event_takes() -> None:
+    """A gateway or test tool that checks bodies against the published schema must let
+    through what the receiver accepts (new event types included) and refuse what it refuses;
+    exactly one variant matches an accepted body."""
+    jsonschema = pytest.importorskip("jsonschema", reason="the [test] extra installs jsonschema")
+    schema = event_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    variants = [jsonschema.Draft202012Validator(variant) for variant in schema["oneOf"]]
+    broken = copy.deepcopy(SAMPLE_PAYLOADS["message.received"])
+    del broken["data"]["from"]
+    cases = [
+        *SAMPLE_PAYLOADS.values(),
+        {"event": "order.shipped", "timestamp": "2026-01-30T15:45:00Z", "data": {"n": 1}},
+        broken,
+        {"event": "", "timestamp": "2026-01-30T15:45:00Z", "data": {}},
+        {"event": "order.shipped", "timestamp": "2026-01-30T15:45:00Z", "data": []},
+    ]
+    for payload in cases:
+        try:
+            parse_event(body_of(payload))
+            accepted = True
+        except InvalidPayload:
+            accepted = False
+        matching = [v.schema["title"] for v in variants if v.is_valid(payload)]
+        assert len(matching) == (1 if accepted else 0), (payload["event"], matching)
 
 
 def test_timestamp_without_offset_is_taken_as_utc() -> None:
