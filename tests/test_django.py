@@ -49,7 +49,7 @@ from aerostic_webhooks.django.signals import (
 from aerostic_webhooks.django.store import DjangoStore
 from aerostic_webhooks.stores import Record, Status
 from aerostic_webhooks.stores.base import utcnow
-from aerostic_webhooks.testing import SAMPLE_PAYLOADS
+from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_payload
 
 from .conftest import wait_until
 from .contract import LIMIT, SECRET, UNAVAILABLE, Case, cases, sample_body, signed
@@ -1163,3 +1163,75 @@ def test_the_purge_command_is_silent_at_verbosity_0(settings: Any) -> None:
     call_command("aerostic_webhooks_purge", verbosity=0, stdout=output)
     assert output.getvalue() == ""
     assert store.get("old-done") is None
+
+
+PHONE = "9876543210"
+MESSAGE_TEXT = "I need help"
+
+
+def talkative_body() -> bytes:
+    """A delivery whose phone number and text come first: PostgreSQL quotes only the first
+    64 bytes of each value of a row it refuses."""
+    payload = sample_payload("message.received")
+    data = payload["data"]
+    payload = {"data": {"from": data["from"], "text": data["text"], **data}} | payload
+    payload["data"] = {"from": data["from"], "text": data["text"], **data}
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    assert body.index(PHONE.encode()) < 60 and body.index(MESSAGE_TEXT.encode()) < 60, body
+    return body
+
+
+@contextlib.contextmanager
+def postgres_rejecting(check: str) -> Iterator[None]:
+    """A CHECK constraint on the table of the ``postgres`` database for the block, with bytea
+    shown as text (``bytea_output = 'escape'``, a server setting some deployments have): a
+    rejected row's DETAIL line then quotes the payload as it came."""
+    from django.db import connections
+
+    connection = connections["postgres"]
+    table = WebhookEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"ALTER DATABASE {connection.settings_dict['NAME']} SET bytea_output = 'escape'"
+        )
+        cursor.execute("SET bytea_output = 'escape'")
+        cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT aerostic_test_check CHECK ({check})")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT aerostic_test_check")
+            cursor.execute(f"ALTER DATABASE {connection.settings_dict['NAME']} RESET bytea_output")
+
+
+def logged_at_info_or_above(caplog: pytest.LogCaptureFixture) -> str:
+    records = [r for r in caplog.records if r.levelno >= logging.INFO]
+    return "\n".join(
+        r.getMessage() + (logging.Formatter().formatException(r.exc_info) if r.exc_info else "")
+        for r in records
+    )
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_a_row_the_database_refuses_is_a_503_not_a_duplicate() -> None:
+    """Only the unique event id's refusal means "duplicate": a CHECK constraint's (or any
+    other integrity error's) was acknowledged as one, and the delivery lost."""
+    store = DjangoStore(using="postgres")
+    receiver = WebhookReceiver(SECRET, store=store, worker_context=request_cycle)
+    try:
+        body = sample_body("message.received")
+        with postgres_rejecting("event_type <> 'message.received'"):
+            with pytest.raises(StoreUnavailable, match="violates check constraint"):
+                receiver.receive(body, signed(body))
+            assert store.counts() == dict.fromkeys(Status, 0)
+            record = Record("x", "message.received", b"{}", utcnow())
+            with pytest.raises(StoreUnavailable):
+                store.add_many(
+                    [record._replace(event_id="y", event_type="contact.created"), record]
+                )
+            assert store.get("y") is None  # all or none
+        assert receiver.receive(body, signed(body)).duplicate is False  # the sender's retry
+        assert receiver.receive(body, signed(body)).duplicate is True
+    finally:
+        receiver.close()

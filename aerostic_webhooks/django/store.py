@@ -93,13 +93,28 @@ class DjangoStore:
                     updated_at=_to_db(record.received_at),
                     due_at=_to_db(due),
                 )
-        except IntegrityError:
-            return False
+        except IntegrityError as error:
+            if self._duplicate(error, record.event_id):
+                return False
+            raise StoreUnavailable(
+                f"the database could not record the delivery: {error}"
+            ) from error
         except DatabaseError as error:
             raise StoreUnavailable(
                 f"the database could not record the delivery: {error}"
             ) from error
         return True
+
+    def _duplicate(self, error: IntegrityError, event_id: str) -> bool:
+        """Whether ``error`` is the unique event id's refusal: any other constraint's (a CHECK
+        or a trigger the project added, say) must not be acknowledged as a duplicate."""
+        sqlstate = getattr(error.__cause__, "sqlstate", None)  # psycopg; psycopg2's pgcode
+        sqlstate = sqlstate or getattr(error.__cause__, "pgcode", None)
+        if isinstance(sqlstate, str):
+            return sqlstate == "23505"  # unique_violation
+        # Other databases: the row is there. (The failed insert's savepoint is rolled back,
+        # so the transaction can still read.)
+        return bool(self._rows().filter(event_id=event_id).exists())
 
     def add_many(self, records: Sequence[Record]) -> list[bool]:
         """``add`` for several deliveries in one transaction: all are recorded, or none."""
