@@ -14,6 +14,29 @@ __all__ = [
 ]
 
 
+_MAX_SUMMARY = 200
+
+
+def error_summary(error: BaseException) -> str:
+    """``"IntegrityError: new row ... violates check constraint ..."``: all that a log or a
+    ``StoreUnavailable`` reason says of an error a store or its database raised.
+
+    That is its type and the first line of its message, at most 200 characters. A database
+    error's further lines may quote the row it refused (PostgreSQL's ``DETAIL:  Failing row
+    contains (...)``), payload and all: phone numbers and message texts never reach a log.
+    """
+    try:
+        message = str(error)
+    except Exception:
+        message = "<its message could not be read>"
+    lines = message.strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    text = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    if len(text) > _MAX_SUMMARY:
+        text = text[: _MAX_SUMMARY - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 class WebhookError(Exception):
     """Base class: a delivery that is not acknowledged with a 2xx.
 

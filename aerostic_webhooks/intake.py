@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, NamedTuple, TypeVar
 
+from .errors import error_summary
+
 __all__ = ["HANDLER_THREADS", "INLINE_MAX_BYTES", "Intake", "handler_pool", "off_loop"]
 
 logger = logging.getLogger("aerostic_webhooks")
@@ -119,7 +121,11 @@ class Intake(Generic[T, R]):
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
         except BaseException as error:  # every waiting request is refused instead
-            logger.exception("the intake's write raised; %d deliveries refused", len(batch))
+            logger.error(
+                "the intake's write raised (%s); %d deliveries refused",
+                error_summary(error),
+                len(batch),
+            )
             outcomes = [_failure(error) for _ in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[object], object]]]
         by_loop = {}

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
+from .errors import error_summary
 from .stores.base import Store
 
 __all__ = ["LeaseKeeper"]
@@ -109,5 +110,7 @@ class LeaseKeeper:
             try:
                 with self._context():
                     self._store.renew(self._owner, held, lease=self._lease)
-            except Exception:
-                logger.warning("could not renew inline leases; trying again", exc_info=True)
+            except Exception as error:
+                logger.warning(
+                    "could not renew inline leases (%s); trying again", error_summary(error)
+                )

@@ -22,6 +22,7 @@ from .errors import (
     ProcessingFailed,
     StoreUnavailable,
     WebhookError,
+    error_summary,
 )
 from .events import Event, parse_event
 from .intake import INLINE_MAX_BYTES, Intake, handler_pool, off_loop
@@ -522,8 +523,10 @@ class WebhookReceiver:
         if self.process == "background":
             try:
                 self._worker.drain(timeout)
-            except Exception:  # the store is down: what is due stays recorded for later
-                logger.warning("could not finish the due work at shutdown", exc_info=True)
+            except Exception as error:  # the store is down: what is due stays recorded for later
+                logger.warning(
+                    "could not finish the due work at shutdown (%s)", error_summary(error)
+                )
         self.close(max(deadline - time.monotonic(), 0.0))
 
     def retry(self, event_id: str) -> bool:

@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import SupportsIndex, TypeVar
 
+from .errors import error_summary
 from .stores.base import LEASE_LAPSED, Record, Status, Store, utcnow
 
 __all__ = [
@@ -450,21 +451,24 @@ class Worker:
         try:
             with self._context():
                 stepped = self._step_in_context(stopped, ready)
-        except Exception:
-            self._context_failed(stopped)
+        except Exception as error:
+            self._context_failed(stopped, error)
             return False
         self._context_failing = False
         return stepped
 
-    def _context_failed(self, stopped: threading.Event) -> None:
+    def _context_failed(self, stopped: threading.Event, error: Exception) -> None:
         """The worker's context raised (Django's, when its database is out of reach): say so
-        once a spell, and wait a second before the thread tries again."""
+        once a spell, and wait a second before the thread tries again.
+
+        Here, as for every store error, the log has ``error_summary``, never the traceback:
+        a database error's text may quote a row, payload and all."""
         with self._changed:
             first, self._context_failing = not self._context_failing, True
         logger.log(
             logging.WARNING if first else logging.DEBUG,
-            "the worker's context (worker_context) failed; trying again in a second",
-            exc_info=True,
+            "the worker's context (worker_context) failed (%s); trying again in a second",
+            error_summary(error),
         )
         stopped.wait(1.0)
 
@@ -539,8 +543,10 @@ class Worker:
             if len(records) < limit:
                 self._looked = wakes
                 self._drained_at = time.monotonic()
-        except Exception:
-            logger.warning("could not claim work from the store; trying again", exc_info=True)
+        except Exception as error:
+            logger.warning(
+                "could not claim work from the store (%s); trying again", error_summary(error)
+            )
             stopped.wait(self._poll_interval)
         finally:
             with self._changed:
@@ -657,7 +663,7 @@ class Worker:
                         )
             else:
                 self._retry_or_fail(owner, records[0], error)
-        except Exception:
+        except Exception as failure:
             now = time.monotonic()
             since = now if failing_since is None else failing_since
             outcome = (
@@ -668,19 +674,20 @@ class Worker:
             if last_try or now - since >= self._lease:
                 logger.warning(
                     "could not %s for %.1fs; left to the lease: once it ends, a record with "
-                    "attempts left runs again, one with none is kept as failed ('lease expired')",
+                    "attempts left runs again, one with none is kept as failed ('lease expired')"
+                    " (%s)",
                     outcome,
                     now - since,
-                    exc_info=True,
+                    error_summary(failure),
                 )
             else:
                 with self._changed:
                     self._unsettled.append((owner, records, error, since))
                 logger.log(
                     logging.WARNING if failing_since is None else logging.DEBUG,
-                    "could not %s; trying again while the lease lasts",
+                    "could not %s (%s); trying again while the lease lasts",
                     outcome,
-                    exc_info=True,
+                    error_summary(failure),
                 )
                 return
         except BaseException:
@@ -755,19 +762,19 @@ class Worker:
                     self._complete()  # what a thread that went on to a slow handler left
                     self._complete_unsettled()
                     self._maintain()
-            except Exception:
-                self._context_failed(finished)
+            except Exception as error:
+                self._context_failed(finished, error)
             finished.wait(min(self._lease / 3, _MAINTAIN_INTERVAL))
         try:
             with self._context():
                 # A last try, once the handler threads have stopped or close()'s timeout ran
                 # out.
                 self._complete_unsettled(last_try=True)
-        except Exception:
+        except Exception as error:
             logger.warning(
-                "the worker's context (worker_context) failed at close: outcomes not yet "
+                "the worker's context (worker_context) failed at close (%s): outcomes not yet "
                 "recorded are left to their leases",
-                exc_info=True,
+                error_summary(error),
             )
 
     def _purging(self, finished: threading.Event) -> None:
@@ -779,16 +786,16 @@ class Worker:
             try:
                 with self._context():
                     self._purge()
-            except Exception:
-                self._context_failed(finished)
+            except Exception as error:
+                self._context_failed(finished, error)
                 continue
             finished.wait(self._purge_interval)
 
     def _maintain(self) -> None:
         try:
             self.store.maintain()
-        except Exception:
-            logger.warning("store upkeep failed; trying again", exc_info=True)
+        except Exception as error:
+            logger.warning("store upkeep failed (%s); trying again", error_summary(error))
 
     def _renew(self) -> None:
         with self._changed:
@@ -796,14 +803,16 @@ class Worker:
         try:
             for owner, event_id in held:
                 self.store.renew(owner, [event_id], lease=self._lease)
-        except Exception:
-            logger.warning("could not renew leases; trying again", exc_info=True)
+        except Exception as error:
+            logger.warning("could not renew leases (%s); trying again", error_summary(error))
 
     def _purge(self) -> None:
         try:
             purged = self.store.purge(older_than=utcnow() - self._retention)
-        except Exception:
-            logger.warning("could not purge old records; trying again later", exc_info=True)
+        except Exception as error:
+            logger.warning(
+                "could not purge old records (%s); trying again later", error_summary(error)
+            )
             return
         if purged:
             logger.info("purged %d records older than %s", purged, self._retention)

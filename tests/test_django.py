@@ -1235,3 +1235,34 @@ def test_postgres_a_row_the_database_refuses_is_a_503_not_a_duplicate() -> None:
         assert receiver.receive(body, signed(body)).duplicate is True
     finally:
         receiver.close()
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_a_refused_row_logs_the_failure_but_not_the_payload_it_quotes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL's error text quotes the refused row ("DETAIL: Failing row contains (...)"),
+    phone numbers and message texts included: the log names the failure, not the row."""
+    caplog.set_level(logging.DEBUG, logger="aerostic_webhooks")
+    store = DjangoStore(using="postgres")
+    receiver = WebhookReceiver(SECRET, store=store, worker_context=request_cycle, lease_seconds=1.5)
+    try:
+        body = talkative_body()
+        refusing = postgres_rejecting("event_type <> 'message.received'")
+        with refusing, pytest.raises(StoreUnavailable) as refused:
+            receiver.receive(body, signed(body))
+        assert PHONE not in refused.value.reason and MESSAGE_TEXT not in refused.value.reason
+        logged = logged_at_info_or_above(caplog)
+        assert "violates check constraint" in logged  # what failed
+        assert PHONE not in logged and MESSAGE_TEXT not in logged
+        # The worker: marking the record done is refused too, and it says so.
+        caplog.clear()
+        with postgres_rejecting("status <> 'done'"):
+            assert receiver.receive(body, signed(body)).duplicate is False
+            assert wait_until(lambda: "could not mark" in caplog.text)
+        logged = logged_at_info_or_above(caplog)
+        assert "violates check constraint" in logged
+        assert PHONE not in logged and MESSAGE_TEXT not in logged
+    finally:
+        receiver.close()

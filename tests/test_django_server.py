@@ -39,11 +39,11 @@ URL = "/webhooks/aerostic/"
 ACCEPTED = (200, b'{"received": true}')
 PHONE = SAMPLE_PAYLOADS["message.received"]["data"]["from"]
 MESSAGE_TEXT = SAMPLE_PAYLOADS["message.received"]["data"]["text"]
-# A claim the worker logs and retries, its traceback up to the error (see the test below).
+# A claim the worker logs and retries (see the test below): the error's type and first line,
+# no traceback (a database error's text may quote a row).
 RETRIED_CLAIM = re.compile(
-    r"could not claim work from the store; trying again\n"
-    r".*?\ndjango\.db\.utils\.OperationalError: database is locked\n",
-    re.DOTALL,
+    r"could not claim work from the store \(OperationalError: database is locked\); "
+    r"trying again\n"
 )
 
 # The example's settings, plus an app whose receiver sleeps and counts its runs.
@@ -272,7 +272,7 @@ def test_every_event_is_handled_exactly_once(
     if django.VERSION < (5, 1):
         # SQLite takes its write lock up front only from Django 5.1 (the example's
         # transaction_mode IMMEDIATE): before, two processes' claims can meet "database is
-        # locked", which the worker logs and retries. Those are the only tracebacks allowed.
+        # locked", which the worker logs in one line, without a traceback, and retries.
         log = RETRIED_CLAIM.sub("", log)
     assert "Traceback" not in log, log
     # The example's receivers log ids, never phone numbers or message text.

@@ -106,3 +106,16 @@ def test_each_rejection_is_logged_at_warning_with_its_reason(
     [logged] = [r for r in caplog.records if r.name == "aerostic_webhooks"]
     assert logged.levelno == logging.WARNING
     assert reason in logged.getMessage()
+
+
+def test_a_store_error_is_logged_by_its_type_and_first_line_only() -> None:
+    """What a log says of a store's or database's error: the lines after the first may quote
+    the row a database refused (PostgreSQL's DETAIL), payload and all."""
+    from aerostic_webhooks.errors import error_summary
+
+    detail = f'violates check constraint "c"\nDETAIL:  Failing row contains ({PHONE}, {TEXT})'
+    assert error_summary(ValueError(detail)) == 'ValueError: violates check constraint "c"'
+    assert error_summary(OSError()) == "OSError"
+    long = error_summary(RuntimeError("x" * 5000 + "\nmore"))
+    assert len(long) == 200 and long.endswith("...")
+    assert error_summary(RuntimeError("a\x00b")) == "RuntimeError: a\\x00b"

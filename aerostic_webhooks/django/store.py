@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import Case, Count, F, Min, QuerySet, TextField, Value, When
 
-from ..errors import StoreUnavailable
+from ..errors import StoreUnavailable, error_summary
 from ..stores.base import LEASE_LAPSED, Record, Status, due_times, utcnow
 from .models import WebhookEvent
 
@@ -97,11 +97,11 @@ class DjangoStore:
             if self._duplicate(error, record.event_id):
                 return False
             raise StoreUnavailable(
-                f"the database could not record the delivery: {error}"
+                f"the database could not record the delivery: {error_summary(error)}"
             ) from error
         except DatabaseError as error:
             raise StoreUnavailable(
-                f"the database could not record the delivery: {error}"
+                f"the database could not record the delivery: {error_summary(error)}"
             ) from error
         return True
 
@@ -128,7 +128,7 @@ class DjangoStore:
                     added[n] = self.add(records[n])
         except DatabaseError as error:  # the commit itself failed
             raise StoreUnavailable(
-                f"the database could not record the deliveries: {error}"
+                f"the database could not record the deliveries: {error_summary(error)}"
             ) from error
         return [added[n] for n in range(len(records))]
 

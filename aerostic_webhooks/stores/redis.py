@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from ..errors import StoreUnavailable
+from ..errors import StoreUnavailable, error_summary
 from .base import LEASE_LAPSED, Record, Status, due_times
 
 __all__ = ["RedisStore"]
@@ -319,7 +319,9 @@ class RedisStore:
         try:
             added = self._scripts["add"](keys=[], args=self._add_args(record))
         except redis.RedisError as error:
-            raise StoreUnavailable(f"Redis could not record the delivery: {error}") from error
+            raise StoreUnavailable(
+                f"Redis could not record the delivery: {error_summary(error)}"
+            ) from error
         if not self._eviction_checked:  # after a write: a Redis that is down costs no more
             self._check_eviction()
         return bool(added)
@@ -334,7 +336,9 @@ class RedisStore:
         try:
             added = [bool(added) for added in pipe.execute()]
         except redis.RedisError as error:
-            raise StoreUnavailable(f"Redis could not record the deliveries: {error}") from error
+            raise StoreUnavailable(
+                f"Redis could not record the deliveries: {error_summary(error)}"
+            ) from error
         if not self._eviction_checked:
             self._check_eviction()
         return added

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import StoreUnavailable
+from ..errors import StoreUnavailable, error_summary
 from .base import LEASE_LAPSED, Record, Status, due_times
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore", "is_inbox"]
@@ -331,7 +331,7 @@ class SQLiteStore:
             )
         except sqlite3.Error as error:
             raise StoreUnavailable(
-                f"cannot open the SQLite inbox at {self.path!r}: {error} "
+                f"cannot open the SQLite inbox at {self.path!r}: {error_summary(error)} "
                 f"(does the directory {str(Path(self.path).parent)!r} exist and is it writable?)"
             ) from error
         try:
@@ -347,7 +347,7 @@ class SQLiteStore:
         except sqlite3.Error as error:
             conn.close()
             raise StoreUnavailable(
-                f"cannot use the SQLite inbox at {self.path!r}: {error}"
+                f"cannot use the SQLite inbox at {self.path!r}: {error_summary(error)}"
             ) from error
         return conn
 
@@ -388,7 +388,9 @@ class SQLiteStore:
             with self._intake.use() as conn:
                 cursor = self._intake.execute(conn, _INSERT, _row(record))
         except sqlite3.Error as error:
-            raise StoreUnavailable(f"SQLite could not record the delivery: {error}") from error
+            raise StoreUnavailable(
+                f"SQLite could not record the delivery: {error_summary(error)}"
+            ) from error
         return cursor.rowcount == 1
 
     def add_many(self, records: Sequence[Record]) -> list[bool]:
@@ -397,7 +399,9 @@ class SQLiteStore:
             with self._intake.use(write=True) as conn:
                 return [conn.execute(_INSERT, _row(r)).rowcount == 1 for r in records]
         except sqlite3.Error as error:
-            raise StoreUnavailable(f"SQLite could not record the deliveries: {error}") from error
+            raise StoreUnavailable(
+                f"SQLite could not record the deliveries: {error_summary(error)}"
+            ) from error
 
     def _claim_where(
         self, conn: sqlite3.Connection, event_ids: Sequence[str], owner: str, lease: float
@@ -651,7 +655,9 @@ def is_inbox(path: str | os.PathLike[str]) -> bool:
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_TABLE,)
             ).fetchone()
     except sqlite3.OperationalError as error:  # cannot open or read it
-        raise StoreUnavailable(f"cannot read the SQLite file at {str(path)!r}: {error}") from None
+        raise StoreUnavailable(
+            f"cannot read the SQLite file at {str(path)!r}: {error_summary(error)}"
+        ) from None
     except sqlite3.DatabaseError:  # not a database
         return False
     return found is not None
