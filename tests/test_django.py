@@ -1266,3 +1266,124 @@ def test_postgres_a_refused_row_logs_the_failure_but_not_the_payload_it_quotes(
         assert PHONE not in logged and MESSAGE_TEXT not in logged
     finally:
         receiver.close()
+
+
+def add_rows(*records: tuple[str, str, Status]) -> None:
+    now = utcnow()
+    for event_id, event_type, status in records:
+        body = sample_body(event_type) if event_type in SAMPLE_PAYLOADS else b"{}"
+        assert DjangoStore().add(Record(event_id, event_type, body, now, status=status))
+
+
+def changelist_queries(client: Client, params: dict[str, str] | None = None) -> tuple[str, str]:
+    """The changelist's page and the SQL it ran on the events' table, one statement a line."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections["default"]) as captured:
+        response = client.get(CHANGELIST, params or {})
+    assert response.status_code == 200
+    table = WebhookEvent._meta.db_table
+    sql = [q["sql"] for q in captured.captured_queries if table in q["sql"]]
+    return response.content.decode(), "\n".join(sql)
+
+
+def test_the_admin_changelist_runs_no_query_that_scans_a_big_table(client: Client) -> None:
+    """Millions of rows: no SELECT DISTINCT for the type filter's choices or the dates, and
+    one COUNT (the page's), not a second one of the whole table."""
+    add_rows(
+        ("message.received:a", "message.received", Status.DONE),
+        ("order.shipped:b", "order.shipped", Status.FAILED),
+    )
+    admin_client(client)
+    page, sql = changelist_queries(client)
+    assert "message.received:a" in page and "order.shipped:b" in page
+    assert "DISTINCT" not in sql.upper(), sql
+    assert "date_trunc" not in sql.lower(), sql
+    assert sql.upper().count("COUNT(") == 1, sql
+    # The type filter offers every known type, with rows or not, and the others.
+    for event_type in SIGNALS_BY_TYPE:
+        assert f"event_type={event_type}" in page, event_type
+    assert "event_type=__other__" in page
+    page, sql = changelist_queries(client, {"event_type": "__other__"})
+    assert "order.shipped:b" in page and "message.received:a" not in page
+    page, sql = changelist_queries(client, {"event_type": "order.shipped"})
+    assert "order.shipped:b" in page and "message.received:a" not in page
+
+
+def test_the_admin_search_finds_an_event_id_or_data_id_exactly_through_the_index(
+    client: Client,
+) -> None:
+    """``LIKE '%term%'`` (icontains) no index serves: the search box takes an event id, or
+    the data id of an event of a known type, and looks them up in the unique index."""
+    add_rows(
+        ("message.received:msg_1", "message.received", Status.DONE),
+        ("message.received:msg_12", "message.received", Status.DONE),
+        ("order.shipped:ord_1", "order.shipped", Status.DONE),
+    )
+    admin_client(client)
+    page, sql = changelist_queries(client, {"q": "msg_1"})
+    assert "message.received:msg_1<" in page and "message.received:msg_12" not in page
+    assert "LIKE" not in sql.upper(), sql
+    page, _ = changelist_queries(client, {"q": " order.shipped:ord_1 "})
+    assert "order.shipped:ord_1" in page and "msg_1" not in page
+    page, _ = changelist_queries(client, {"q": "msg"})
+    assert "message.received:msg_1" not in page  # no partial match
+
+
+def test_reprocessing_is_one_update_for_the_selection_then_one_wake(
+    client: Client, monkeypatch: pytest.MonkeyPatch, received: Recorder
+) -> None:
+    """Not one ``retry()`` (a query and a wake) per row in one request; and under
+    ATOMIC_REQUESTS the worker is woken once the request's transaction commits: woken before,
+    it finds nothing due yet and the events wait for its next look."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    add_rows(*[(f"contact.created:c{n}", "contact.created", Status.FAILED) for n in range(5)])
+    now = utcnow()
+    busy = Record("contact.created:busy", "contact.created", b"{}", now, status=Status.PROCESSING)
+    assert DjangoStore().add(
+        busy._replace(attempts=1, lease_owner="w", lease_expires_at=now + timedelta(minutes=5))
+    )
+    receiver = get_receiver()
+    receiver.start()
+    monkeypatch.setitem(connections.settings["default"], "ATOMIC_REQUESTS", True)
+    woken_in_transaction: list[bool] = []
+    wake = type(receiver._worker).wake
+
+    def spy(worker: Any) -> None:
+        woken_in_transaction.append(connections["default"].in_atomic_block)
+        wake(worker)
+
+    monkeypatch.setattr(type(receiver._worker), "wake", spy)
+    admin_client(client)
+    pks = list(WebhookEvent.objects.values_list("pk", flat=True))
+    with CaptureQueriesContext(connections["default"]) as captured:
+        response = client.post(
+            CHANGELIST, {"action": "reprocess", "_selected_action": pks}, follow=True
+        )
+    page = response.content.decode()
+    assert "5 event(s) queued to be processed again." in page
+    assert "1 event(s) are being processed now; not queued." in page
+    updates = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len([sql for sql in updates if WebhookEvent._meta.db_table in sql]) == 1, updates
+    assert woken_in_transaction[:1] == [False]
+    assert receiver.drain(30)
+    assert len(received.calls) == 5
+
+
+def test_reprocessing_more_than_the_bound_queues_none_and_says_so(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aerostic_webhooks.django import admin as webhook_admin
+
+    monkeypatch.setattr(webhook_admin, "MAX_REPROCESS", 3)
+    add_rows(*[(f"contact.created:c{n}", "contact.created", Status.FAILED) for n in range(4)])
+    admin_client(client)
+    pks = list(WebhookEvent.objects.values_list("pk", flat=True))
+    response = client.post(
+        CHANGELIST, {"action": "reprocess", "_selected_action": pks}, follow=True
+    )
+    assert "More than 3 events selected; none queued." in response.content.decode()
+    assert set(WebhookEvent.objects.values_list("status", flat=True)) == {"failed"}

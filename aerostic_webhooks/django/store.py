@@ -228,6 +228,11 @@ class DjangoStore:
             )
         )
 
+    def requeue_rows(self, rows: QuerySet[WebhookEvent]) -> int:
+        """``requeue`` for the records among ``rows`` in one UPDATE (the admin's action):
+        how many were queued (not those being processed)."""
+        return self._requeue(rows)
+
     def requeue(self, event_id: str) -> bool:
         return self._requeue(self._rows().filter(event_id=event_id)) == 1
 
