@@ -233,3 +233,23 @@ def test_purge_needs_no_secret_but_refuses_settings_it_uses_wrongly(db: Path) ->
     )
     assert wrong.returncode != 0
     assert "RETENTION'] must be a positive timedelta" in wrong.stderr
+
+
+@pytest.mark.parametrize("command", ["aerostic_webhooks_purge", "aerostic_webhooks_worker"])
+@pytest.mark.parametrize("problem", ["no table", "no database"])
+def test_a_database_out_of_reach_is_one_line_and_exit_status_1(
+    tmp_path: Path, command: str, problem: str
+) -> None:
+    """Not a traceback: a cron job's mail or a supervisor's log says what is wrong in a line."""
+    if problem == "no table":  # migrate never ran
+        db = tmp_path / "empty.sqlite3"
+        sqlite3.connect(db).close()
+    else:  # SQLite cannot open it: a server that is down, for the file database
+        db = tmp_path / "no such directory" / "db.sqlite3"
+    result = manage(environment(db), command)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("CommandError: "), line
+    assert "OperationalError" in line, line
+    assert "aerostic_webhooks worker started" not in result.stdout

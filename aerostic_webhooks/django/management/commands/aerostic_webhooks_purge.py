@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
+from ....errors import error_summary
 from ....stores.base import utcnow
 from ...conf import webhook_settings
 from ...store import DjangoStore
@@ -24,6 +26,12 @@ class Command(BaseCommand):
         if problems:
             raise CommandError("; ".join(problems))
         store = DjangoStore(using=configured.database)
-        purged = store.purge(older_than=utcnow() - configured.retention)
+        try:
+            purged = store.purge(older_than=utcnow() - configured.retention)
+        except DatabaseError as error:  # down, or not migrated: a line, not a traceback
+            raise CommandError(
+                f"could not purge the webhook events of database {configured.database!r}: "
+                f"{error_summary(error)} (is it up, and has migrate run for it?)"
+            ) from None
         if options["verbosity"] >= 1:  # -v 0: a cron job hears of errors only
             self.stdout.write(f"purged {purged} webhook event(s) older than {configured.retention}")

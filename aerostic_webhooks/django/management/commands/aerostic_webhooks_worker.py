@@ -7,8 +7,12 @@ import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connections
 
+from ....errors import error_summary
 from ... import get_receiver
+from ...conf import webhook_settings
+from ...models import WebhookEvent
 
 
 class Command(BaseCommand):
@@ -22,6 +26,16 @@ class Command(BaseCommand):
             receiver = get_receiver()
         except ValueError as error:
             raise CommandError(f"aerostic_webhooks is misconfigured: {error}") from None
+        database = webhook_settings().database
+        try:  # its threads would only log the failure and try again, for ever
+            WebhookEvent.objects.using(database).exists()
+        except DatabaseError as error:
+            raise CommandError(
+                f"cannot read the webhook events of database {database!r}: "
+                f"{error_summary(error)} (is it up, and has migrate run for it?)"
+            ) from None
+        finally:
+            connections[database].close()  # this thread only waits from here on
         stop = threading.Event()
 
         def request_stop(signum: int, frame: object) -> None:
