@@ -1387,3 +1387,25 @@ def test_reprocessing_more_than_the_bound_queues_none_and_says_so(
     )
     assert "More than 3 events selected; none queued." in response.content.decode()
     assert set(WebhookEvent.objects.values_list("status", flat=True)) == {"failed"}
+
+
+def test_the_store_purges_sqlite_in_batches_that_let_deliveries_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One DELETE of 150,000 rows held SQLite's write lock for over a second (a delivery
+    waits, or meets "database is locked" past the timeout): batches of PURGE_BATCH."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from aerostic_webhooks.django import store as django_store
+
+    monkeypatch.setattr(django_store, "PURGE_BATCH", 2)
+    old = utcnow() - timedelta(days=30)
+    for n in range(5):
+        assert DjangoStore().add(Record(f"old{n}", "message.sent", b"{}", old, status=Status.DONE))
+    assert DjangoStore().add(Record("new", "message.sent", b"{}", utcnow(), status=Status.DONE))
+    with CaptureQueriesContext(connections["default"]) as captured:
+        assert DjangoStore().purge(older_than=utcnow() - timedelta(days=7)) == 5
+    deletes = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("DELETE")]
+    assert len(deletes) == 3, deletes
+    assert list(WebhookEvent.objects.values_list("event_id", flat=True)) == ["new"]
