@@ -126,6 +126,7 @@ class Intake(Generic[T, R]):
                 error_summary(error),
                 len(batch),
             )
+            logger.debug("the error above, in full", exc_info=error)
             outcomes = [_failure(error) for _ in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[object], object]]]
         by_loop = {}

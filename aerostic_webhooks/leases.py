@@ -114,3 +114,4 @@ class LeaseKeeper:
                 logger.warning(
                     "could not renew inline leases (%s); trying again", error_summary(error)
                 )
+                logger.debug("the error above, in full", exc_info=error)

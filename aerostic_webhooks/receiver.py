@@ -527,6 +527,7 @@ class WebhookReceiver:
                 logger.warning(
                     "could not finish the due work at shutdown (%s)", error_summary(error)
                 )
+                logger.debug("the error above, in full", exc_info=error)
         self.close(max(deadline - time.monotonic(), 0.0))
 
     def retry(self, event_id: str) -> bool:

@@ -470,6 +470,7 @@ class Worker:
             "the worker's context (worker_context) failed (%s); trying again in a second",
             error_summary(error),
         )
+        logger.debug("the error above, in full", exc_info=error)
         stopped.wait(1.0)
 
     def _step_in_context(self, stopped: threading.Event, ready: collections.deque[Record]) -> bool:
@@ -547,6 +548,7 @@ class Worker:
             logger.warning(
                 "could not claim work from the store (%s); trying again", error_summary(error)
             )
+            logger.debug("the error above, in full", exc_info=error)
             stopped.wait(self._poll_interval)
         finally:
             with self._changed:
@@ -680,6 +682,7 @@ class Worker:
                     now - since,
                     error_summary(failure),
                 )
+                logger.debug("the error above, in full", exc_info=failure)
             else:
                 with self._changed:
                     self._unsettled.append((owner, records, error, since))
@@ -689,6 +692,7 @@ class Worker:
                     outcome,
                     error_summary(failure),
                 )
+                logger.debug("the error above, in full", exc_info=failure)
                 return
         except BaseException:
             self._forget(records)  # this thread is going down: leave them to their leases
@@ -776,6 +780,7 @@ class Worker:
                 "recorded are left to their leases",
                 error_summary(error),
             )
+            logger.debug("the error above, in full", exc_info=error)
 
     def _purging(self, finished: threading.Event) -> None:
         """Purge records past retention at start and every ``purge_interval``, on a thread of
@@ -796,6 +801,7 @@ class Worker:
             self.store.maintain()
         except Exception as error:
             logger.warning("store upkeep failed (%s); trying again", error_summary(error))
+            logger.debug("the error above, in full", exc_info=error)
 
     def _renew(self) -> None:
         with self._changed:
@@ -805,6 +811,7 @@ class Worker:
                 self.store.renew(owner, [event_id], lease=self._lease)
         except Exception as error:
             logger.warning("could not renew leases (%s); trying again", error_summary(error))
+            logger.debug("the error above, in full", exc_info=error)
 
     def _purge(self) -> None:
         try:
@@ -813,6 +820,7 @@ class Worker:
             logger.warning(
                 "could not purge old records (%s); trying again later", error_summary(error)
             )
+            logger.debug("the error above, in full", exc_info=error)
             return
         if purged:
             logger.info("purged %d records older than %s", purged, self._retention)

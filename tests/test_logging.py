@@ -17,7 +17,10 @@ from aerostic_webhooks import (
     WebhookReceiver,
     sign,
 )
+from aerostic_webhooks.stores import Record
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body, sample_payload
+
+from .conftest import wait_until
 
 SECRETS = ["whsec_current_TOPSECRET", "whsec_previous_TOPSECRET"]
 PHONE = "+919876543210"
@@ -119,3 +122,28 @@ def test_a_store_error_is_logged_by_its_type_and_first_line_only() -> None:
     long = error_summary(RuntimeError("x" * 5000 + "\nmore"))
     assert len(long) == 200 and long.endswith("...")
     assert error_summary(RuntimeError("a\x00b")) == "RuntimeError: a\\x00b"
+
+
+def test_a_store_error_in_full_is_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    """The worker logs a failing store call by its summary at WARNING; the whole error, with
+    its traceback and the lines that may quote a row, only at DEBUG, for whoever debugs a
+    store with the library's logger turned up."""
+    detail = f'violates check constraint "c"\nDETAIL:  Failing row contains ({PHONE}, {TEXT})'
+
+    class Refusing(MemoryStore):
+        def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
+            raise ValueError(detail)
+
+    caplog.set_level(logging.DEBUG, logger="aerostic_webhooks")
+    with WebhookReceiver(SECRETS, store=Refusing()) as receiver:
+        receiver.start()
+        wait_until(lambda: any(r.exc_info for r in caplog.records))
+    ours = [r for r in caplog.records if r.name == "aerostic_webhooks"]
+    loud = [r for r in ours if r.levelno >= logging.INFO]
+    assert loud, "the failing claim was not logged at WARNING"
+    for record in loud:
+        assert record.exc_info is None and PHONE not in record.getMessage(), record.getMessage()
+    full = [r for r in ours if r.exc_info is not None]
+    assert full and all(r.levelno == logging.DEBUG for r in full)
+    exc_info = full[0].exc_info
+    assert exc_info is not None and PHONE in str(exc_info[1])  # the whole error is there
