@@ -17,6 +17,11 @@ from aerostic_webhooks.stores import Record, Status, Store
 from aerostic_webhooks.stores.base import LEASE_LAPSED, utcnow
 from aerostic_webhooks.worker import error_text
 
+try:
+    from .django_settings import POSTGRES_AVAILABLE
+except ImportError:  # no Django here
+    POSTGRES_AVAILABLE = False
+
 
 class ShippedStore(Store, Protocol):
     """A store that ships here: ``add_many``, optional in ``Store``, is there in all of them."""
@@ -31,6 +36,14 @@ class ShippedStore(Store, Protocol):
         "redis",
         # The Django ORM store on the test settings' SQLite database, migrated and emptied after.
         pytest.param("django", marks=pytest.mark.django_db(transaction=True)),
+        # And on PostgreSQL, where the test settings found one.
+        pytest.param(
+            "django-postgres",
+            marks=[
+                pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="PostgreSQL is not available"),
+                pytest.mark.django_db(transaction=True, databases=["default", "postgres"]),
+            ],
+        ),
     ]
 )
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ShippedStore]:
@@ -39,10 +52,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ShippedSto
         made = MemoryStore()
     elif request.param == "sqlite":
         made = SQLiteStore(tmp_path / "s.db")
-    elif request.param == "django":
+    elif request.param.startswith("django"):
         from aerostic_webhooks.django.store import DjangoStore
 
-        made = DjangoStore()
+        made = DjangoStore(using="postgres" if request.param == "django-postgres" else "default")
     else:
         from aerostic_webhooks.stores.redis import RedisStore
 
