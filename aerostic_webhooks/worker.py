@@ -276,6 +276,8 @@ class Worker:
         self._stopped = threading.Event()
         self._finished = threading.Event()
         self._threads: list[threading.Thread] = []
+        # The current start's claimed records waiting for a free thread (see close).
+        self._ready: collections.deque[Record] = collections.deque()
 
     @property
     def max_attempts(self) -> int:
@@ -305,6 +307,7 @@ class Worker:
             self._stopped = threading.Event()
             self._finished = threading.Event()
             ready: collections.deque[Record] = collections.deque()
+            self._ready = ready
             threads = [
                 threading.Thread(
                     target=self._handle_loop,
@@ -369,7 +372,9 @@ class Worker:
         """Stop claiming, wait up to ``timeout`` for running handlers, and stop the threads.
 
         A handler still running after ``timeout`` keeps its record leased; once the lease
-        ends, the next worker takes the record up again.
+        ends, the next worker takes the record up again. Records claimed but not started by
+        then are handed back to the store unrun (its ``unclaim``), due at once with no
+        attempt charged; a store without ``unclaim`` leaves them to their leases too.
         """
         if self._pid != os.getpid():
             self._threads = []  # the parent's; a forked child has none to stop
@@ -380,6 +385,7 @@ class Worker:
                 return
             # This start's flag: a start() while we wait for its threads makes new ones.
             finished = self._finished
+            ready = self._ready
             self._stopped.set()
             for _ in range(self._concurrency):
                 self._tokens.put(False)
@@ -394,6 +400,15 @@ class Worker:
         # may be finishing a renewal or a checkpoint.
         housekeeping.join(max(deadline - time.monotonic(), 0.05))
         purging.join(max(deadline - time.monotonic(), 0.05))
+        # What the handler threads still running have not taken is no longer theirs to take.
+        unstarted: list[Record] = []
+        while True:
+            try:
+                unstarted.append(ready.popleft())
+            except IndexError:
+                break
+        if unstarted:
+            self._unclaim(unstarted)
         with self._changed:
             unfinished = len(self._in_flight)
         if unfinished:
@@ -403,6 +418,39 @@ class Worker:
                 timeout,
                 unfinished,
             )
+
+    def _unclaim(self, records: Sequence[Record]) -> None:
+        """Hand claimed records that were never run back to the store (see ``close``)."""
+        unclaim: Callable[[str, Sequence[str]], int] | None = getattr(self.store, "unclaim", None)
+        if unclaim is None:
+            logger.warning(
+                "%d record(s) claimed but not started are left to their leases: the store "
+                "has no unclaim(), so each is counted an attempt when it is taken up again",
+                len(records),
+            )
+            self._forget(records)
+            return
+        by_owner: dict[str, list[str]] = {}
+        for record in records:
+            by_owner.setdefault(record.lease_owner or self.owner, []).append(record.event_id)
+        try:
+            with self._context():
+                for owner, event_ids in by_owner.items():
+                    unclaim(owner, event_ids)
+        except Exception:
+            logger.warning(
+                "could not hand back %d record(s) claimed but not started: left to their "
+                "leases, each is counted an attempt when it is taken up again",
+                len(records),
+                exc_info=True,
+            )
+        else:
+            logger.info(
+                "%d record(s) claimed but not started were handed back to the store, due now",
+                len(records),
+            )
+        finally:
+            self._forget(records)
 
     def _handle_loop(
         self,

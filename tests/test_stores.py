@@ -24,9 +24,12 @@ except ImportError:  # no Django here
 
 
 class ShippedStore(Store, Protocol):
-    """A store that ships here: ``add_many``, optional in ``Store``, is there in all of them."""
+    """A store that ships here: ``add_many`` and ``unclaim``, optional in ``Store``, are there
+    in all of them."""
 
     def add_many(self, records: Sequence[Record]) -> list[bool]: ...
+
+    def unclaim(self, owner: str, event_ids: Sequence[str]) -> int: ...
 
 
 @pytest.fixture(
@@ -272,6 +275,53 @@ def test_release_forgets_the_record(store: Store) -> None:
     assert store.release("a", "w") is True
     assert store.get("a") is None
     assert store.add(record("a")) is True
+
+
+def test_unclaim_hands_a_claim_back_unrun(store: ShippedStore) -> None:
+    """A worker that stops with records claimed but not started gives them back: due now,
+    with the attempts they had before the claim, and no lease. Left to their leases, they
+    would come back with an attempt charged and "lease expired", or dead-lettered unrun."""
+    store.add(record("a"))
+    store.add(record("b"))
+    store.add(record("other"))
+    store.claim("w", limit=2, lease=30)  # a and b
+    assert store.claim("x", limit=1, lease=30)[0].event_id == "other"
+    assert store.unclaim("w", ["a", "b", "other", "missing"]) == 2
+    assert store.unclaim("w", []) == 0
+    assert store.unclaim("w", ["a"]) == 0  # no longer held
+    for event_id in ("a", "b"):
+        kept = store.get(event_id)
+        assert kept is not None
+        assert kept.status is Status.PENDING
+        assert kept.attempts == 0
+        assert kept.last_error is None
+        assert kept.lease_owner is None and kept.lease_expires_at is None
+        assert kept.next_attempt_at is not None and kept.next_attempt_at <= utcnow()
+    other = store.get("other")
+    assert other is not None and other.status is Status.PROCESSING and other.lease_owner == "x"
+    assert store.counts() == dict.fromkeys(Status, 0) | {Status.PENDING: 2, Status.PROCESSING: 1}
+    assert [r.event_id for r in store.list(status=Status.PENDING)] == ["b", "a"]
+    next_due = store.next_due()
+    assert next_due is not None and next_due <= utcnow()
+    again = store.claim("y", limit=5, lease=30)
+    assert sorted(r.event_id for r in again) == ["a", "b"]
+    assert all(r.attempts == 1 and r.last_error is None for r in again)
+
+
+def test_unclaim_keeps_the_attempts_and_error_of_the_runs_before(store: ShippedStore) -> None:
+    store.add(record("a"))
+    store.claim("w", limit=1, lease=30)
+    store.reschedule("a", "w", at=utcnow(), error="Boom: once")
+    store.claim("w", limit=1, lease=0.05)
+    time.sleep(0.06)
+    [lapsed] = store.claim("w2", limit=1, lease=30)  # taken back: attempt 3, "lease expired"
+    assert lapsed.attempts == 3
+    assert store.unclaim("w2", ["a"]) == 1
+    kept = store.get("a")
+    assert kept is not None and kept.status is Status.PENDING
+    assert kept.attempts == 2  # the lapsed run counts; the unrun claim does not
+    assert kept.last_error == LEASE_LAPSED
+    assert store.unclaim("w", ["a"]) == 0
 
 
 def test_a_released_record_leaves_no_trace_in_lists_or_counts(store: Store) -> None:

@@ -1901,3 +1901,82 @@ def test_seconds_given_as_a_float_of_another_kind_work_with_redis(redis_prefix: 
         assert webhooks.drain(5)
         assert status_of(store, event_id) is Status.DONE  # before close() closes the store
     assert runs == ["e1", "e1"]
+
+
+class WithoutUnclaim:
+    """A store of one's own written before ``unclaim``: every other method, MemoryStore's."""
+
+    def __init__(self) -> None:
+        self._store = MemoryStore()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "unclaim":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+def stop_with_records_claimed_but_not_started(store: Store) -> tuple[Worker, threading.Event]:
+    """A one-thread worker that has learnt its handlers are quick claims a slow record with
+    three after it; close() then runs out of time while the slow one runs."""
+    started, release = threading.Event(), threading.Event()
+
+    def process(record: Record) -> None:
+        if record.event_id == "slow":
+            started.set()
+            release.wait(10)
+
+    worker = Worker(store, process, concurrency=1, retry_delays=(0,), lease_seconds=30)
+    now = utcnow()
+    for n in range(100):  # the worker learns that handlers take no time: it claims in batches
+        store.add(Record(f"warm{n}", "message.sent", b"{}", now - timedelta(seconds=10)))
+    assert worker.drain(10)
+    store.add(Record("slow", "message.sent", b"{}", now - timedelta(seconds=3)))
+    for name in ("a", "b", "c"):
+        store.add(Record(name, "message.sent", b"{}", now - timedelta(seconds=2)))
+    worker.wake()
+    assert started.wait(5)
+    assert (store.get("c") or Record("", "", b"", now)).status is Status.PROCESSING
+    worker.close(timeout=0.2)
+    return worker, release
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_close_hands_back_records_claimed_but_not_started(
+    kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Left leased, they came back once the lease ended with an attempt charged and "lease
+    expired"; on their last attempt, they were dead-lettered without ever having run."""
+    caplog.set_level(logging.INFO, logger="aerostic_webhooks")
+    store: Store = MemoryStore() if kind == "memory" else SQLiteStore(tmp_path / "s.db")
+    worker, release = stop_with_records_claimed_but_not_started(store)
+    try:
+        for name in ("a", "b", "c"):
+            kept = store.get(name)
+            assert kept is not None
+            assert (kept.status, kept.attempts, kept.last_error) == (Status.PENDING, 0, None)
+            assert kept.lease_owner is None
+        slow = store.get("slow")
+        assert slow is not None and slow.status is Status.PROCESSING
+        assert "1 record(s) still being handled" in caplog.text
+        assert "3 record(s) claimed but not started were handed back" in caplog.text
+    finally:
+        release.set()
+    # The handler that outlived close() finishes its own record, and nothing else.
+    assert wait_until(lambda: getattr(store.get("slow"), "status", None) is Status.DONE, 5)
+    time.sleep(0.1)
+    assert [r.event_id for r in store.list(status=Status.PENDING)] == ["c", "b", "a"]
+    worker.close()
+    store.close()
+
+
+def test_a_store_without_unclaim_leaves_unstarted_records_to_their_leases() -> None:
+    store = WithoutUnclaim()
+    worker, release = stop_with_records_claimed_but_not_started(store)
+    try:
+        for name in ("a", "b", "c"):
+            kept = store.get(name)
+            assert kept is not None and kept.status is Status.PROCESSING
+    finally:
+        release.set()
+    assert wait_until(lambda: getattr(store.get("slow"), "status", None) is Status.DONE, 5)
+    worker.close()

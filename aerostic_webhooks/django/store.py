@@ -10,6 +10,7 @@ from typing import overload
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import Case, Count, F, Min, QuerySet, TextField, Value, When
+from django.db.models.functions import Greatest
 
 from ..errors import StoreUnavailable, error_summary
 from ..stores.base import LEASE_LAPSED, Record, Status, due_times, utcnow
@@ -218,6 +219,18 @@ class DjangoStore:
                 [event_id], owner, status=Status.FAILED.value, due_at=None, last_error=_text(error)
             )
             == 1
+        )
+
+    def unclaim(self, owner: str, event_ids: Sequence[str]) -> int:
+        now = _to_db(utcnow())
+        return self._finish(
+            event_ids,
+            owner,
+            status=Status.PENDING.value,
+            # A record added as processing may have none to give back.
+            attempts=Greatest(F("attempts") - 1, Value(0)),
+            next_attempt_at=now,
+            due_at=now,
         )
 
     def release(self, event_id: str, owner: str) -> bool:

@@ -88,8 +88,17 @@ class Store(Protocol):
 
     Optional: ``add_many(records) -> list[bool]``, ``add`` for several deliveries in one
     call (one transaction or round trip), which the asyncio adapters use to record the
-    deliveries that arrive together; without it they call ``add`` for each. Every store
-    shipped here has it.
+    deliveries that arrive together; without it they call ``add`` for each.
+
+    Optional: ``unclaim(owner, event_ids) -> int``, hand back claimed records that were never
+    run: those ``owner`` still holds among ``event_ids`` become pending, due now, with the
+    attempt count and error they had before the claim and no lease; it returns how many. A
+    worker that stops with records claimed but not started calls it; without it they are
+    left to their leases, and once a lease ends the record is claimed again with an attempt
+    counted for the run that never happened (``LEASE_LAPSED``), or, on its last attempt,
+    dead-lettered unrun.
+
+    Every store shipped here has both.
     """
 
     def add(self, record: Record) -> bool:

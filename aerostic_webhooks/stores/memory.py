@@ -165,6 +165,27 @@ class MemoryStore:
     def fail(self, event_id: str, owner: str, *, error: str) -> bool:
         return self._finish(event_id, owner, status=Status.FAILED, last_error=error)
 
+    def unclaim(self, owner: str, event_ids: Sequence[str]) -> int:
+        now = utcnow()
+        unclaimed = 0
+        with self._lock:
+            for event_id in event_ids:
+                record = self._held(event_id, owner)
+                if record is None:
+                    continue
+                handed_back = record.replace(
+                    status=Status.PENDING,
+                    attempts=max(record.attempts - 1, 0),
+                    next_attempt_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+                self._records[event_id] = handed_back
+                self._schedule(handed_back)
+                unclaimed += 1
+        return unclaimed
+
     def release(self, event_id: str, owner: str) -> bool:
         with self._lock:
             if self._held(event_id, owner) is None:

@@ -160,6 +160,29 @@ return 1
 """
 )
 
+# ARGV: prefix, owner, now, ids...
+_UNCLAIM = (
+    _LIB
+    + """
+local count = 0
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if held(id, ARGV[2]) then
+    local key = p .. 'r:' .. id
+    if tonumber(redis.call('HGET', key, 'attempts')) > 0 then
+      redis.call('HINCRBY', key, 'attempts', -1)
+    end
+    redis.call('HSET', key, 'status', 'pending', 'next_attempt_at', ARGV[3],
+               'lease_owner', '', 'lease_expires_at', '', 'updated_at', ARGV[3])
+    redis.call('ZADD', p .. 'due', ARGV[3], id)
+    move(id, 'processing', 'pending')
+    count = count + 1
+  end
+end
+return count
+"""
+)
+
 _REQUEUE_LIB = (
     _LIB
     + """
@@ -267,6 +290,7 @@ class RedisStore:
                 ("renew", _RENEW),
                 ("finish", _FINISH),
                 ("release", _RELEASE),
+                ("unclaim", _UNCLAIM),
                 ("requeue", _REQUEUE),
                 ("requeue_failed", _REQUEUE_FAILED),
                 ("purge", _PURGE),
@@ -422,6 +446,11 @@ class RedisStore:
 
     def release(self, event_id: str, owner: str) -> bool:
         return bool(self._run("release", event_id, owner))
+
+    def unclaim(self, owner: str, event_ids: Sequence[str]) -> int:
+        if not event_ids:
+            return 0
+        return int(self._run("unclaim", owner, repr(time.time()), *event_ids))
 
     def requeue(self, event_id: str) -> bool:
         return bool(self._run("requeue", repr(time.time()), event_id))

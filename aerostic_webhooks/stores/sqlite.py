@@ -495,6 +495,18 @@ class SQLiteStore:
             event_id, owner, "status = 'failed', due_at = NULL, last_error = ?", error
         )
 
+    def unclaim(self, owner: str, event_ids: Sequence[str]) -> int:
+        now = time.time()
+        with self._cursor(write=True) as conn:
+            cursor = conn.executemany(
+                self._finish_sql(
+                    "status = 'pending', attempts = MAX(attempts - 1, 0), next_attempt_at = ?, "
+                    "due_at = ?"
+                ),
+                [(now, now, now, event_id, owner) for event_id in event_ids],
+            )
+        return max(cursor.rowcount, 0)
+
     def release(self, event_id: str, owner: str) -> bool:
         with self._cursor() as conn:
             cursor = conn.execute(
