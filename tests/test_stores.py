@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -466,6 +466,51 @@ def test_a_record_taken_back_from_a_lapsed_lease_says_so(store: Store) -> None:
     assert (again.event_id, again.attempts, again.last_error) == ("lapsed", 2, LEASE_LAPSED)
     kept = store.get("lapsed")
     assert kept is not None and kept.last_error == LEASE_LAPSED
+
+
+def test_a_redis_claim_or_take_is_one_round_trip(redis_url: str, redis_prefix: str) -> None:
+    """The records come back in the claim script's reply: read in a round trip of their own,
+    a connection lost between the two left them leased and unrun, to come back with an
+    attempt charged ("lease expired"), or dead-lettered unrun on their last attempt."""
+    import redis
+
+    from aerostic_webhooks.stores.redis import RedisStore
+
+    trips: list[int] = []
+
+    class Counting(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            trips.append(1)
+            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=Counting)
+    store = RedisStore(client=redis.Redis(connection_pool=pool), prefix=redis_prefix)
+    try:
+        received = (utcnow() - timedelta(seconds=2)).replace(microsecond=250000)
+        store.add(record("a", body=b"\x00\xff raw", received_at=received))
+        store.add(record("b", event_type="contact.created", last_error="Boom: once"))
+        store.add(record("c"))
+        store.claim("warm", limit=0, lease=30)  # the scripts are loaded on the server
+        store.take("missing", "warm", lease=30)
+        del trips[:]
+        claimed = store.claim("w", limit=2, lease=30)
+        assert len(trips) == 1
+        assert claimed == [store.get("a"), store.get("b")]
+        first = claimed[0]
+        assert (first.body, first.received_at, first.status) == (
+            b"\x00\xff raw",
+            received,
+            Status.PROCESSING,
+        )
+        assert (claimed[1].event_type, claimed[1].last_error) == ("contact.created", "Boom: once")
+        del trips[:]
+        taken = store.take("c", "w", lease=30)
+        assert len(trips) == 1
+        assert taken is not None and taken == store.get("c")
+        assert taken.lease_owner == "w" and taken.attempts == 1
+        assert store.take("c", "w", lease=30) is None
+    finally:
+        store.close()
 
 
 @contextmanager

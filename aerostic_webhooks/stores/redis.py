@@ -44,6 +44,13 @@ local p = ARGV[1]
 local LAPSED = [["""
     + LEASE_LAPSED
     + """]]
+local FIELDS = {"""
+    + ", ".join(f"'{field}'" for field in _FIELDS)
+    + """}
+-- A claimed record as a reply: its id and its fields, in _FIELDS's order.
+local function fetched(id)
+  return {id, redis.call('HMGET', p .. 'r:' .. id, unpack(FIELDS))}
+end
 local function move(id, from, to)
   if from ~= to then
     local received = redis.call('HGET', p .. 'r:' .. id, 'received_at')
@@ -97,7 +104,7 @@ _CLAIM = (
 local ids = redis.call('ZRANGEBYSCORE', p .. 'due', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local claimed = {}
 for _, id in ipairs(ids) do
-  if claim(id, ARGV[2], ARGV[4], ARGV[5]) then table.insert(claimed, id) end
+  if claim(id, ARGV[2], ARGV[4], ARGV[5]) then table.insert(claimed, fetched(id)) end
 end
 return claimed
 """
@@ -107,9 +114,9 @@ _TAKE = (
     _LIB
     + """
 local due = redis.call('ZSCORE', p .. 'due', ARGV[2])
-if not due or tonumber(due) > tonumber(ARGV[3]) then return 0 end
-if claim(ARGV[2], ARGV[3], ARGV[4], ARGV[5]) then return 1 end
-return 0
+if not due or tonumber(due) > tonumber(ARGV[3]) then return {} end
+if claim(ARGV[2], ARGV[3], ARGV[4], ARGV[5]) then return {fetched(ARGV[2])} end
+return {}
 """
 )
 
@@ -398,17 +405,20 @@ class RedisStore:
             updated_at=_time(fields["updated_at"]),
         )
 
+    def _claimed(self, reply: Sequence[Any]) -> list[Record]:
+        """The records a claim script returns: its reply holds their fields, so that a
+        connection lost after the claim cannot leave them leased but never seen (they would
+        come back after the lease with an attempt charged, "lease expired")."""
+        return [self._record(_text(event_id), values) for event_id, values in reply]
+
     def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
         now = time.time()
-        ids = self._run("claim", repr(now), limit, owner, repr(now + lease))
-        return self._fetch(ids)
+        return self._claimed(self._run("claim", repr(now), limit, owner, repr(now + lease)))
 
     def take(self, event_id: str, owner: str, *, lease: float) -> Record | None:
         now = time.time()
-        if not self._run("take", event_id, repr(now), owner, repr(now + lease)):
-            return None
-        found = self._fetch([event_id])
-        return found[0] if found else None
+        taken = self._claimed(self._run("take", event_id, repr(now), owner, repr(now + lease)))
+        return taken[0] if taken else None
 
     def renew(self, owner: str, event_ids: Sequence[str], *, lease: float) -> None:
         if event_ids:
