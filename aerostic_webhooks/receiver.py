@@ -98,8 +98,31 @@ def default_event_id(event: Event, body: bytes) -> str:
 
 
 def _usable_id(event_id: str) -> bool:
-    """Every store can key a record by it: not too long, and no NUL (PostgreSQL refuses it)."""
-    return 0 < len(event_id) <= _MAX_EVENT_ID and "\x00" not in event_id
+    """Every store can key a record by it: not too long (the Django model's column), no NUL
+    (PostgreSQL refuses it), and UTF-8 text: a lone surrogate (text decoded with
+    ``surrogateescape``, say) is refused by SQLite, Redis and PostgreSQL alike."""
+    if not 0 < len(event_id) <= _MAX_EVENT_ID or "\x00" in event_id:
+        return False
+    if event_id.isascii():
+        return True
+    try:
+        event_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _describe_id(event_id: object) -> str:
+    """What was wrong with an unusable id, for the log (never the whole of it)."""
+    if not isinstance(event_id, str):
+        return f"but a {type(event_id).__name__}"
+    if not event_id:
+        return "but an empty one"
+    if len(event_id) > _MAX_EVENT_ID:
+        return f"but one of {len(event_id)} characters"
+    if "\x00" in event_id:
+        return "but one holding a NUL"
+    return "but one that is not UTF-8 text (a lone surrogate)"
 
 
 def _header(headers: Headers, name: str) -> str | bytes | None:
@@ -312,30 +335,57 @@ class WebhookReceiver:
         self, batch: list[tuple[Event, str, bytes]]
     ) -> list[Receipt | StoreUnavailable]:
         records = [self._pending(*accepted) for accepted in batch]
-        outcomes: list[bool | StoreUnavailable] = []
         add_many = _batch_add(self.store)
-        if add_many is not None:
-            try:
-                outcomes = [bool(added) for added in self._store_call(add_many, records)]
-                if len(outcomes) != len(records):
-                    raise StoreUnavailable(
-                        f"add_many gave {len(outcomes)} answers for {len(records)}"
-                    )
-            except StoreUnavailable as error:
-                outcomes = [StoreUnavailable(error.reason) for _ in records]
-            except Exception as error:  # an answer that is not a sequence of flags
-                reason = f"add_many answered with {type(error).__name__}"
-                outcomes = [StoreUnavailable(reason) for _ in records]
-        else:
-            for record in records:
-                try:
-                    outcomes.append(self._store_call(self.store.add, record))
-                except StoreUnavailable as error:
-                    outcomes.append(error)
+        outcomes = (
+            self._add_each(records) if add_many is None else self._add_many(add_many, records)
+        )
         return [
             outcome if isinstance(outcome, StoreUnavailable) else self._recorded(e, i, outcome)
             for (e, i, _), outcome in zip(batch, outcomes, strict=True)
         ]
+
+    def _add_many(
+        self, add_many: Callable[[list[Record]], Sequence[bool]], records: list[Record]
+    ) -> list[bool | StoreUnavailable]:
+        """Record a batch with one ``add_many`` call: each record's outcome, or its error."""
+        try:
+            answer = add_many(records)
+        except StoreUnavailable as error:  # the store is down: none of them can be recorded
+            logger.warning("store unavailable, deliveries refused: %s", error.reason)
+            return [StoreUnavailable(error.reason) for _ in records]
+        except Exception as error:
+            if len(records) == 1:
+                logger.warning("store unavailable, delivery refused: %s", type(error).__name__)
+                return [StoreUnavailable(f"store raised {type(error).__name__}")]
+            # Not the store being down but something in what it was given (a value it cannot
+            # write, a bug of its own): one delivery must not cost the others theirs, so each
+            # is written alone, and only the bad one is refused.
+            logger.warning(
+                "could not record %d deliveries in one call (%s); recording each alone",
+                len(records),
+                type(error).__name__,
+            )
+            return self._add_each(records)
+        try:
+            outcomes: list[bool | StoreUnavailable] = [bool(added) for added in answer]
+        except Exception as error:  # an answer that is not a sequence of flags
+            reason = f"add_many answered with {type(error).__name__}"
+        else:
+            if len(outcomes) == len(records):
+                return outcomes
+            reason = f"add_many gave {len(outcomes)} answers for {len(records)}"
+        logger.warning("store unavailable, deliveries refused: %s", reason)
+        return [StoreUnavailable(reason) for _ in records]
+
+    def _add_each(self, records: list[Record]) -> list[bool | StoreUnavailable]:
+        """``add`` each record on its own: its outcome, or the error that refused it."""
+        outcomes: list[bool | StoreUnavailable] = []
+        for record in records:
+            try:
+                outcomes.append(self._store_call(self.store.add, record))
+            except StoreUnavailable as error:
+                outcomes.append(error)
+        return outcomes
 
     def _accept(
         self, body: bytes | bytearray | memoryview, headers: Headers
@@ -395,7 +445,12 @@ class WebhookReceiver:
             logger.exception("the event_id callable raised; using the default identity")
             return default_event_id(event, body)
         if not isinstance(event_id, str) or not _usable_id(event_id):
-            logger.error("the event_id callable returned no usable id; using the default identity")
+            logger.error(
+                "the event_id callable returned no usable id (a str of 1 to %d characters, "
+                "UTF-8 text with no NUL), %s; using the default identity",
+                _MAX_EVENT_ID,
+                _describe_id(event_id),
+            )
             return default_event_id(event, body)
         return event_id
 

@@ -37,6 +37,7 @@ from aerostic_webhooks import (
     UnknownEvent,
     WebhookReceiver,
 )
+from aerostic_webhooks import receiver as receiver_module
 from aerostic_webhooks.django import get_receiver, signals
 from aerostic_webhooks.django.apps import AerosticWebhooksConfig, check_settings, request_cycle
 from aerostic_webhooks.django.models import WebhookEvent
@@ -818,6 +819,33 @@ def test_postgres_keeps_deliveries_and_errors_that_hold_nul() -> None:
             receiver.receive(typed, signed(typed))
     finally:
         receiver.close()
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+@pytest.mark.parametrize(
+    ("own", "kept"),
+    [
+        ("\U0001f642" * 512, True),  # the longest: 512 characters, 2048 bytes of UTF-8
+        ("x" * 513, False),  # longer than the column: a DataError, a 503 at every retry
+        ("caf\udce9", False),  # no UTF-8 text: PostgreSQL cannot be sent it
+    ],
+    ids=["longest", "too-long", "surrogate"],
+)
+def test_postgres_keeps_any_id_the_receiver_takes_and_it_takes_no_other(
+    own: str, kept: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receiver's limit is the model's column: every store then keeps the same ids."""
+    column = WebhookEvent._meta.get_field("event_id")
+    assert getattr(column, "max_length", None) == receiver_module._MAX_EVENT_ID
+    store = DjangoStore(using="postgres")
+    with WebhookReceiver(SECRET, store=store, process="external", event_id=lambda e: own) as hooks:
+        body = sample_body("message.received", id="m1")
+        receipt = hooks.receive(body, signed(body))
+        assert receipt.event_id == (own if kept else "message.received:m1")
+        assert hooks.receive(body, signed(body)).duplicate is True
+        assert store.get(receipt.event_id) is not None
+    assert ("returned no usable id" in caplog.text) is not kept
 
 
 def test_the_models_match_the_migrations() -> None:

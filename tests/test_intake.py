@@ -12,16 +12,26 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from aerostic_webhooks import MemoryStore, SQLiteStore, StoreUnavailable, WebhookReceiver
+from aerostic_webhooks import (
+    Event,
+    MemoryStore,
+    Receipt,
+    SQLiteStore,
+    StoreUnavailable,
+    WebhookReceiver,
+)
 from aerostic_webhooks.intake import _STOP, MAX_BATCH, Intake, off_loop
 from aerostic_webhooks.stores import Record, Status
 from aerostic_webhooks.stores.base import utcnow
 
 from .contract import SECRET, sample_body, signed
+
+if TYPE_CHECKING:
+    from aerostic_webhooks.stores.redis import RedisStore
 
 T = TypeVar("T")
 
@@ -348,6 +358,61 @@ def test_a_redelivery_in_the_same_batch_is_a_duplicate(tmp_path: Path) -> None:
     with WebhookReceiver(SECRET, store=SQLiteStore(tmp_path / "i.sqlite3")) as receiver:
         first, second = run(receive_all(receiver, [body, body]))
     assert [first.duplicate, second.duplicate] == [False, True]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_an_event_id_no_store_can_keep_is_replaced_and_fails_no_other_delivery(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ``event_id=`` rule that makes a lone surrogate: SQLite and Redis raised
+    UnicodeEncodeError, a 503 at every retry, and the intake refused the deliveries written
+    with it too. It is replaced by the default identity, loudly, as other unusable ids are."""
+    store: SQLiteStore | RedisStore
+    if kind == "sqlite":
+        store = SQLiteStore(tmp_path / "inbox.sqlite3")
+    else:
+        from aerostic_webhooks.stores.redis import RedisStore
+
+        url, prefix = (request.getfixturevalue(name) for name in ("redis_url", "redis_prefix"))
+        store = RedisStore(url, prefix=prefix)
+
+    def own_id(event: Event) -> str:
+        data_id = getattr(event.data, "id", "")
+        return "own:caf\udce9" if data_id == "m-2" else f"own:{data_id}"
+
+    bodies = deliveries(5)
+    with WebhookReceiver(SECRET, store=store, process="external", event_id=own_id) as receiver:
+        receipts = run(receive_all(receiver, bodies))
+        assert all(isinstance(r, Receipt) and not r.duplicate for r in receipts), receipts
+        ids = [r.event_id for r in receipts if isinstance(r, Receipt)]
+        assert ids == ["own:m-0", "own:m-1", "message.received:m-2", "own:m-3", "own:m-4"]
+        assert store.counts()[Status.PENDING] == 5
+        again = run(receive_all(receiver, bodies[2:3]))  # the sender's retry: a duplicate
+        assert [getattr(r, "duplicate", r) for r in again] == [True]
+    assert "returned no usable id" in caplog.text
+
+
+def test_a_record_the_store_cannot_write_fails_only_its_own_delivery(tmp_path: Path) -> None:
+    """A store that raises for one record (an error of its own, not StoreUnavailable): the
+    others written with it are recorded one by one, and only that delivery is refused."""
+
+    class Picky(SQLiteStore):
+        def add(self, record: Record) -> bool:
+            if record.event_id.endswith(":m-1"):
+                raise ValueError("cannot keep this one")
+            return super().add(record)
+
+        def add_many(self, records: Sequence[Record]) -> list[bool]:
+            if any(record.event_id.endswith(":m-1") for record in records):
+                raise ValueError("cannot keep this one")
+            return super().add_many(records)
+
+    store = Picky(tmp_path / "inbox.sqlite3")
+    with WebhookReceiver(SECRET, store=store, process="external") as receiver:
+        results = run(receive_all(receiver, deliveries(4)))
+        outcomes = [type(r).__name__ for r in results]
+        assert outcomes == ["Receipt", "StoreUnavailable", "Receipt", "Receipt"], results
+        assert store.counts()[Status.PENDING] == 3
 
 
 def test_a_failed_transaction_acknowledges_none_of_its_deliveries(tmp_path: Path) -> None:
