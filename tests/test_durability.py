@@ -345,17 +345,8 @@ def test_only_a_busy_database_is_retried() -> None:
     conn.close()
 
 
-def test_a_large_sqlite_purge_does_not_hold_deliveries_past_their_busy_timeout(
-    tmp_path: Path,
-) -> None:
-    # A week of records at a busy receiver, past retention at once (the worker's first purge
-    # after a pause, or `inbox purge` by hand): one DELETE of them all held the write lock
-    # for seconds, and a delivery on another connection waited out its busy timeout (503).
-    path = tmp_path / "inbox.sqlite3"
-    worker_side = SQLiteStore(path)
-    old = utcnow() - timedelta(days=30)
-    worker_side.add(Record("seed", "message.received", b"{}", old, status=Status.DONE))
-    many = 150_000
+def copy_the_seed(path: Path, many: int) -> None:
+    """``many`` copies of the record ``seed`` in the SQLite inbox at ``path``, in one go."""
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         columns = ", ".join(
             name for (_, name, *_) in conn.execute(f"PRAGMA table_info({sqlite_module._TABLE})")
@@ -367,6 +358,62 @@ def test_a_large_sqlite_purge_does_not_hold_deliveries_past_their_busy_timeout(
             f"FROM seq, {sqlite_module._TABLE} WHERE event_id = 'seed'",
             (many,),
         )
+
+
+def test_a_large_sqlite_requeue_failed_does_not_hold_deliveries_past_their_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    # The dead letters of a handler broken for a day or two, requeued at once (`inbox retry
+    # --failed`): one UPDATE of 150,000 held the write lock for about 0.5 s, and a delivery
+    # on another connection with a shorter busy timeout was refused (503) meanwhile.
+    path = tmp_path / "inbox.sqlite3"
+    worker_side = SQLiteStore(path)
+    seed = Record("seed", "message.received", b"{}", utcnow(), status=Status.FAILED, attempts=6)
+    worker_side.add(seed.replace(last_error="ValueError: CRM is down"))
+    many = 150_000
+    copy_the_seed(path, many)
+    web_side = SQLiteStore(path, busy_timeout=0.1)
+    requeued: list[int] = []
+    requeuing = threading.Thread(target=lambda: requeued.append(worker_side.requeue_failed()))
+    requeuing.start()
+    waits = []
+    try:
+        n = 0
+        while requeuing.is_alive():
+            started = time.monotonic()
+            assert web_side.add(*pending(f"new{n}")) is True  # StoreUnavailable before
+            waits.append(time.monotonic() - started)
+            n += 1
+            time.sleep(0.01)
+    finally:
+        requeuing.join()
+    assert requeued == [many + 1]
+    assert waits  # some were recorded while the requeue ran
+    assert web_side.counts() == {
+        Status.PENDING: many + 1 + len(waits),
+        Status.PROCESSING: 0,
+        Status.DONE: 0,
+        Status.FAILED: 0,
+    }
+    one = worker_side.get(f"old{many}")
+    assert one is not None and one.status is Status.PENDING
+    assert (one.attempts, one.last_error) == (0, "ValueError: CRM is down")
+    worker_side.close()
+    web_side.close()
+
+
+def test_a_large_sqlite_purge_does_not_hold_deliveries_past_their_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    # A week of records at a busy receiver, past retention at once (the worker's first purge
+    # after a pause, or `inbox purge` by hand): one DELETE of them all held the write lock
+    # for seconds, and a delivery on another connection waited out its busy timeout (503).
+    path = tmp_path / "inbox.sqlite3"
+    worker_side = SQLiteStore(path)
+    old = utcnow() - timedelta(days=30)
+    worker_side.add(Record("seed", "message.received", b"{}", old, status=Status.DONE))
+    many = 150_000
+    copy_the_seed(path, many)
     web_side = SQLiteStore(path, busy_timeout=0.1)
     purged: list[int] = []
     purging = threading.Thread(
