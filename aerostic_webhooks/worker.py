@@ -437,13 +437,14 @@ class Worker:
             with self._context():
                 for owner, event_ids in by_owner.items():
                     unclaim(owner, event_ids)
-        except Exception:
+        except Exception as error:
             logger.warning(
-                "could not hand back %d record(s) claimed but not started: left to their "
+                "could not hand back %d record(s) claimed but not started (%s): left to their "
                 "leases, each is counted an attempt when it is taken up again",
                 len(records),
-                exc_info=True,
+                error_summary(error),
             )
+            logger.debug("the error above, in full", exc_info=error)
         else:
             logger.info(
                 "%d record(s) claimed but not started were handed back to the store, due now",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 
 import pytest
 
@@ -147,3 +148,29 @@ def test_a_store_error_in_full_is_logged_at_debug_only(caplog: pytest.LogCapture
     assert full and all(r.levelno == logging.DEBUG for r in full)
     exc_info = full[0].exc_info
     assert exc_info is not None and PHONE in str(exc_info[1])  # the whole error is there
+
+
+def test_a_failed_hand_back_at_close_is_logged_by_its_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """close() hands claimed records that never ran back to the store: when that fails, the
+    WARNING says so in one line, as for every other store error; the whole error (which may
+    quote a row) only at DEBUG."""
+    from .test_worker import stop_with_records_claimed_but_not_started
+
+    detail = f'violates check constraint "c"\nDETAIL:  Failing row contains ({PHONE}, {TEXT})'
+
+    class Refusing(MemoryStore):
+        def unclaim(self, owner: str, event_ids: Sequence[str]) -> int:
+            raise ValueError(detail)
+
+    caplog.set_level(logging.DEBUG, logger="aerostic_webhooks")
+    worker, release = stop_with_records_claimed_but_not_started(Refusing())
+    release.set()
+    worker.close()
+    [failed] = [r for r in caplog.records if "could not hand back" in r.getMessage()]
+    assert failed.levelno == logging.WARNING
+    assert failed.exc_info is None and PHONE not in failed.getMessage()
+    assert 'ValueError: violates check constraint "c"' in failed.getMessage()
+    full = [r for r in caplog.records if r.exc_info is not None and r.exc_info[1] is not None]
+    assert full and all(r.levelno == logging.DEBUG for r in full)
