@@ -1437,3 +1437,23 @@ def test_the_store_purges_sqlite_in_batches_that_let_deliveries_in(
     deletes = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("DELETE")]
     assert len(deletes) == 3, deletes
     assert list(WebhookEvent.objects.values_list("event_id", flat=True)) == ["new"]
+
+
+def test_a_sqlite_purge_batch_spares_a_row_requeued_since_it_was_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each batch's ids are read, then deleted: a row requeued in between (the admin's
+    Reprocess on an old dead letter) is pending again and must not be deleted with them."""
+    old = utcnow() - timedelta(days=30)
+    assert DjangoStore().add(Record("old", "message.sent", b"{}", old, status=Status.FAILED))
+    real_delete = QuerySet.delete
+
+    def requeued_first(self: QuerySet[Any]) -> tuple[int, dict[str, int]]:
+        monkeypatch.setattr(QuerySet, "delete", real_delete)
+        assert DjangoStore().requeue("old")
+        return real_delete(self)
+
+    monkeypatch.setattr(QuerySet, "delete", requeued_first)
+    assert DjangoStore().purge(older_than=utcnow() - timedelta(days=7)) == 0
+    kept = DjangoStore().get("old")
+    assert kept is not None and kept.status is Status.PENDING

@@ -301,7 +301,8 @@ class DjangoStore:
             batch = list(old.values_list("pk", flat=True)[:PURGE_BATCH])
             if not batch:
                 return total
-            deleted, _ = self._rows().filter(pk__in=batch).delete()
+            # The conditions again: a row requeued since its id was read is not deleted.
+            deleted, _ = old.filter(pk__in=batch).delete()
             total += int(deleted)
             if len(batch) < PURGE_BATCH:
                 return total
