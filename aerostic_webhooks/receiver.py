@@ -255,6 +255,13 @@ class WebhookReceiver:
             self._error_hooks.append(hook)
         return hook
 
+    def registered(self) -> tuple[tuple[tuple[str, Handler], ...], tuple[ErrorHook, ...]]:
+        """Everything registered, in order: the handlers with their patterns, and the error
+        hooks; for registering them on another receiver (``on(pattern)(handler)``,
+        ``on_error(hook)``), as the Django app does when its settings change."""
+        with self._registry_lock:
+            return tuple(self._handlers), tuple(self._error_hooks)
+
     def handlers_for(self, event_type: str) -> tuple[Handler, ...]:
         """The handlers ``event_type`` runs, in registration order."""
         found = self._matching.get(event_type)
@@ -588,9 +595,15 @@ class WebhookReceiver:
     def retry(self, event_id: str) -> bool:
         """Queue a failed (or done, or scheduled) record again now; ``False`` if it cannot be."""
         requeued = self.store.requeue(event_id)
-        if requeued and self._worker.running:
-            self._worker.wake()
+        if requeued:
+            self.wake()
         return requeued
+
+    def wake(self) -> None:
+        """Tell this process's worker, if it is running, that records may be due now: after
+        a change made in the store directly (the Django admin requeues in one UPDATE)."""
+        if self._worker.running:
+            self._worker.wake()
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until the work due now is done; ``False`` if ``timeout`` seconds ran out first."""

@@ -26,9 +26,10 @@ from aerostic_webhooks import (
 from aerostic_webhooks.events import parse_event
 from aerostic_webhooks.receiver import default_event_id
 from aerostic_webhooks.stores import Record
+from aerostic_webhooks.stores.base import utcnow
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body, sample_payload, signed_request
 
-from .conftest import SECRET
+from .conftest import SECRET, wait_until
 
 
 def headers_for(body: bytes, secret: str = SECRET) -> dict[str, str]:
@@ -436,3 +437,45 @@ def test_receive_async_on_a_pool_thread_records_inside_worker_context(
         receipt = asyncio.run(receiver.receive_async(body, headers_for(body)))
         assert receipt.event_id == "message.received:pooled"
         assert added == [True]
+
+
+def test_registered_gives_the_handlers_and_hooks_in_order() -> None:
+    """What the Django app carries over to the receiver it rebuilds when its settings change."""
+    receiver = WebhookReceiver(SECRET, store=MemoryStore())
+
+    def first(event: Any) -> None: ...
+    def second(event: Any) -> None: ...
+    def hook(event: Any, error: BaseException) -> None: ...
+
+    receiver.on("message.*")(first)
+    receiver.on("*")(second)
+    receiver.on_error(hook)
+    assert receiver.registered() == ((("message.*", first), ("*", second)), (hook,))
+    other = WebhookReceiver(SECRET, store=MemoryStore())
+    handlers, hooks = receiver.registered()
+    for pattern, handler in handlers:
+        other.on(pattern)(handler)
+    for error_hook in hooks:
+        other.on_error(error_hook)
+    assert other.handlers_for("message.sent") == (first, second)
+    assert other.registered() == receiver.registered()
+
+
+def test_wake_runs_what_was_requeued_in_the_store_directly() -> None:
+    """After a change made in the store itself (the Django admin's one UPDATE), ``wake()``
+    has a running worker look now rather than at its next poll; a stopped one stays so."""
+    store = MemoryStore()
+    receiver = WebhookReceiver(SECRET, store=store)
+    receiver._worker._poll_interval = 60.0  # so that only a wake finds the record
+    ran: list[str] = []
+    receiver.on("*")(lambda event: ran.append(event.event))
+    receiver.wake()
+    assert not receiver._worker.running
+    receiver.start()
+    try:
+        assert receiver.drain(5)
+        store.add(Record("e1", "message.sent", sample_body("message.sent"), utcnow()))
+        receiver.wake()
+        assert wait_until(lambda: ran == ["message.sent"], 5)
+    finally:
+        receiver.close()

@@ -141,10 +141,10 @@ class WebhookEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         store = DjangoStore(using=database)
         queued = store.requeue_rows(WebhookEvent.objects.using(database).filter(pk__in=selected))
         skipped = len(selected) - queued
-        if queued and receiver._worker.running:
+        if queued:
             # Under ATOMIC_REQUESTS the rows are queued only once the request commits: a
             # worker woken before finds nothing due, and waits for its next look.
-            transaction.on_commit(receiver._worker.wake, using=database)
+            transaction.on_commit(receiver.wake, using=database)
         if queued:
             self.message_user(request, f"{queued} event(s) queued to be processed again.")
         if skipped:

@@ -131,10 +131,11 @@ class AerosticWebhooksConfig(AppConfig):
 def _carry_over(old: WebhookReceiver, new: WebhookReceiver) -> None:
     """The handlers and error hooks registered on ``old`` (``get_receiver().on(...)``), other
     than the app's own, registered on ``new`` too."""
-    for pattern, handler in old._handlers:
+    handlers, hooks = old.registered()
+    for pattern, handler in handlers:
         if handler is not _send_signals:
             new.on(pattern)(handler)
-    for hook in old._error_hooks:
+    for hook in hooks:
         if hook is not _send_failed:
             new.on_error(hook)
 
