@@ -1457,3 +1457,32 @@ def test_a_sqlite_purge_batch_spares_a_row_requeued_since_it_was_chosen(
     assert DjangoStore().purge(older_than=utcnow() - timedelta(days=7)) == 0
     kept = DjangoStore().get("old")
     assert kept is not None and kept.status is Status.PENDING
+
+
+def test_the_store_requeues_failed_rows_on_sqlite_in_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As purge, and as SQLiteStore's requeue_failed: one UPDATE of a day's dead letters held
+    SQLite's one write lock while deliveries waited (the admin sends a selection over its
+    bound to requeue_failed())."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from aerostic_webhooks.django import store as django_store
+
+    monkeypatch.setattr(django_store, "PURGE_BATCH", 2)
+    now = utcnow()
+    for n in range(5):
+        assert DjangoStore().add(Record(f"f{n}", "message.sent", b"{}", now, status=Status.FAILED))
+    assert DjangoStore().add(Record("done", "message.sent", b"{}", now, status=Status.DONE))
+    with CaptureQueriesContext(connections["default"]) as captured:
+        assert DjangoStore().requeue_failed() == 5
+    table = WebhookEvent._meta.db_table
+    updates = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len([sql for sql in updates if table in sql]) == 3, updates
+    assert DjangoStore().counts() == {
+        Status.PENDING: 5,
+        Status.PROCESSING: 0,
+        Status.DONE: 1,
+        Status.FAILED: 0,
+    }

@@ -18,10 +18,10 @@ from .models import WebhookEvent
 
 __all__ = ["PURGE_BATCH", "DjangoStore"]
 
-#: On SQLite, ``purge`` deletes this many rows a statement, pausing ``_PURGE_PAUSE`` seconds
-#: between statements, as ``SQLiteStore`` does: one DELETE of 150,000 rows held the database's
-#: one write lock for over a second, and every delivery meanwhile waited (or, past the
-#: connection's timeout, was refused).
+#: On SQLite, ``purge`` deletes (and ``requeue_failed`` requeues) this many rows a statement,
+#: pausing ``_PURGE_PAUSE`` seconds between statements, as ``SQLiteStore`` does: one DELETE of
+#: 150,000 rows held the database's one write lock for over a second, and every delivery
+#: meanwhile waited (or, past the connection's timeout, was refused).
 PURGE_BATCH = 1000
 _PURGE_PAUSE = 0.005
 
@@ -258,7 +258,25 @@ class DjangoStore:
         return self._requeue(self._rows().filter(event_id=event_id)) == 1
 
     def requeue_failed(self) -> int:
-        return self._requeue(self._rows().filter(status=Status.FAILED.value))
+        """On SQLite in batches of ``PURGE_BATCH``, pausing between them, as ``purge`` (and as
+        ``SQLiteStore.requeue_failed``): one UPDATE of a large backlog of dead letters held
+        the write lock while every delivery waited. Records that fail again while it runs
+        are left failed (it takes as many as were failed at the start)."""
+        failed = self._rows().filter(status=Status.FAILED.value)
+        if connections[self.using].vendor != "sqlite":
+            return self._requeue(failed)
+        left = failed.count()
+        total = 0
+        while left > 0:
+            batch = list(failed.values_list("pk", flat=True)[: min(left, PURGE_BATCH)])
+            if not batch:
+                break
+            # filter() keeps the status: a row requeued since its id was read is not counted.
+            total += self._requeue(failed.filter(pk__in=batch))
+            left -= len(batch)
+            if left > 0:
+                time.sleep(_PURGE_PAUSE)
+        return total
 
     def get(self, event_id: str) -> Record | None:
         row = self._rows().filter(event_id=event_id).first()
