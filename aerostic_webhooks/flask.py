@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any, cast
 
-from flask import Blueprint, Request, Response, request
+from flask import Blueprint, Request, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 
 from .receiver import WebhookReceiver
@@ -58,5 +58,12 @@ def webhook_blueprint(receiver: WebhookReceiver, name: str = "aerostic_webhooks"
     # too early: every `flask` command (routes, shell, db upgrade) loads the app without
     # serving, and so does the reloader's parent of `flask run --debug`, whose code never
     # reloads; a worker there would run handlers, stale ones, and strand records at exit.
-    blueprint.before_app_request(receiver.start_serving)
+    def start_worker() -> None:
+        receiver.start_serving()
+        # Then out of the app's way: its other requests need not pay for this hook. A new
+        # list, not a removal: Flask may be iterating over the old one right now.
+        hooks = cast(Any, current_app)._get_current_object().before_request_funcs
+        hooks[None] = [hook for hook in hooks.get(None, ()) if hook is not start_worker]
+
+    blueprint.before_app_request(start_worker)
     return blueprint

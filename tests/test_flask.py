@@ -224,6 +224,26 @@ def test_the_first_request_to_any_route_starts_the_worker(webhooks: WebhookRecei
     assert webhooks._worker.running
 
 
+def test_the_worker_starting_hook_leaves_the_app_after_its_first_request(
+    webhooks: WebhookReceiver,
+) -> None:
+    """Once the worker is started, the app's other requests no longer run the hook; the
+    app's own hooks stay, and each app the blueprint is on starts the worker once."""
+    seen: list[str] = []
+    apps = [make_app(webhooks), make_app(webhooks)]
+    for app in apps:
+        app.before_request(lambda: seen.append("own"))
+        app.add_url_rule("/health", "health", lambda: "ok")
+    before = [list(app.before_request_funcs[None]) for app in apps]
+    assert all(len(hooks) == 2 for hooks in before)
+    for app in apps:
+        for _ in range(2):
+            assert app.test_client().get("/health").status_code == 200
+        assert len(app.before_request_funcs[None]) == 1
+    assert webhooks._worker.running
+    assert seen == ["own"] * 4
+
+
 # A pending delivery, then the example app loaded by a Flask command that serves nothing.
 PENDING = """
 import sys
