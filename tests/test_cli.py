@@ -1601,3 +1601,78 @@ def test_demo_fails_when_an_event_is_handled_more_than_once(
     output = capsys.readouterr().out
     assert "handled exactly once: NO" in output, output
     assert "demo FAILED" in output, output
+
+
+def test_the_demos_waits_end_on_a_stop_request_or_their_time() -> None:
+    """``_until``: what the demo waits with (its server's start, the drain), a slice at a
+    time, so that SIGTERM or Ctrl-C is heard within a slice, not after the whole wait."""
+    from aerostic_webhooks import cli as module
+
+    stop = threading.Event()
+    slices: list[float] = []
+
+    def never(wait: float) -> bool:
+        slices.append(wait)
+        time.sleep(wait)
+        return False
+
+    assert module._until(stop, lambda wait: True, 20) is True
+    started = time.monotonic()
+    assert module._until(stop, never, 0.2) is False
+    assert 0.2 <= time.monotonic() - started < 2
+    assert set(slices) == {0.05}
+
+    def asked_to_stop(wait: float) -> bool:
+        stop.set()
+        return False
+
+    started = time.monotonic()
+    with pytest.raises(module._Stopped):
+        module._until(stop, asked_to_stop, 20)
+    assert time.monotonic() - started < 2
+
+
+class _DeadServer:
+    """A server whose thread ends at once without starting (its port taken, say)."""
+
+    started = False
+    should_exit = False
+
+    def run(self) -> None:
+        return None
+
+
+def test_demo_whose_server_thread_ends_without_starting_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not after waiting out the 20 seconds a slow start is given, nor by posting its
+    deliveries to a server that is not there."""
+    from aerostic_webhooks import cli as module
+
+    monkeypatch.setattr(module, "_server", lambda *args: _DeadServer())
+    started = time.monotonic()
+    demo_in_this_process_fails(tmp_path, monkeypatch)
+    assert time.monotonic() - started < 10
+    assert "the demo server did not start" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
+
+
+@needs_server
+def test_demo_signalled_while_it_waits_for_its_handlers_stops_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the demo drains (handlers that would take their time) ends it then,
+    not once the drain's 20 seconds are out."""
+    from aerostic_webhooks import cli as module
+
+    class SlowToDrain(WebhookReceiver):
+        def drain(self, timeout: float | None = None) -> bool:
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(timeout or 0)
+            return False
+
+    monkeypatch.setattr(module, "WebhookReceiver", SlowToDrain)
+    started = time.monotonic()
+    demo_in_this_process_fails(tmp_path, monkeypatch)
+    assert time.monotonic() - started < 10
+    assert list(tmp_path.iterdir()) == [], "the demo left its scratch inbox behind"
