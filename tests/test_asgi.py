@@ -470,6 +470,8 @@ def test_openapi_signature_pattern_admits_every_header_the_receiver_accepts() ->
     body = sample_body("message.received")
     new, old = sign(body, SECRET), sign(body, "whsec_previous")
     accepted = [new, f"{old},{new}", f"{new}, {old}", new.replace("sha256", "SHA256")]
+    # A value of another scheme beside it, before or after (one the receiver skips).
+    accepted += [f"{new},v2=later", f"v2=later, {new}"]
     refused = ["", "sha256=", "sha1=" + "0" * 40, "sha256=" + "0" * 63, "sha256=" + "0" * 65]
     with WebhookReceiver([SECRET, "whsec_other"], store=MemoryStore()) as receiver:
         (parameter,) = fastapi_app(receiver).openapi()["paths"][URL]["post"]["parameters"]
