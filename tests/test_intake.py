@@ -24,7 +24,7 @@ from aerostic_webhooks import (
     StoreUnavailable,
     WebhookReceiver,
 )
-from aerostic_webhooks.intake import _STOP, MAX_BATCH, Intake, off_loop
+from aerostic_webhooks.intake import _STOP, MAX_BATCH, Intake, handler_pool, off_loop
 from aerostic_webhooks.stores import Record, Status
 from aerostic_webhooks.stores.base import utcnow
 
@@ -261,6 +261,20 @@ def test_a_forked_child_receives_large_bodies_on_a_pool_of_its_own() -> None:
 
         def receive_another() -> bool:
             (outcome,) = run(receive_all(receiver, [large]))
+            return getattr(outcome, "duplicate", None) is False
+
+        check_in_a_forked_child(receive_another, lambda: None)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_runs_inline_handlers_on_a_pool_of_its_own() -> None:
+    """As for large bodies: the parent's idle handler thread does not exist in the child, and
+    an inherited pool would count on it and never start one."""
+    assert handler_pool().submit(lambda: True).result(WAIT)
+    with WebhookReceiver(SECRET, store=MemoryStore(), process="inline") as receiver:
+
+        def receive_another() -> bool:
+            (outcome,) = run(receive_all(receiver, [sample_body("message.received", id="in-0")]))
             return getattr(outcome, "duplicate", None) is False
 
         check_in_a_forked_child(receive_another, lambda: None)

@@ -173,19 +173,29 @@ def test_broken_event_id_callable_falls_back_to_the_default(
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "said"),
     # A lone surrogate (text decoded with surrogateescape, say) is no UTF-8: SQLite, Redis and
     # PostgreSQL refuse it, and the delivery would be a 503 at every retry.
-    ["", "x" * 513, "has\x00nul", "caf\udce9", "\ud83d", 42, b"bytes-id", ["a", "b"]],
+    [
+        ("", "but an empty one"),
+        ("x" * 513, "but one of 513 characters"),
+        ("has\x00nul", "but one holding a NUL"),
+        ("caf\udce9", "not UTF-8 text"),
+        ("\ud83d", "not UTF-8 text"),
+        (42, "but a int"),
+        (b"bytes-id", "but a bytes"),
+        (["a", "b"], "but a list"),
+    ],
 )
 def test_an_event_id_no_store_could_key_falls_back_to_the_default(
-    bad: object, caplog: pytest.LogCaptureFixture
+    bad: object, said: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Deliberately answers what may be no str at all: the receiver must cope with anything.
     with WebhookReceiver(SECRET, store=MemoryStore(), event_id=lambda event: bad) as webhooks:  # type: ignore[arg-type, return-value]
         body = sample_body("message.received")
         assert webhooks.receive(body, headers_for(body)).event_id == "message.received:msg_abc123"
     assert "returned no usable id" in caplog.text
+    assert said in caplog.text  # what was wrong with it
 
 
 @pytest.mark.parametrize("container", [list, tuple])
@@ -479,3 +489,29 @@ def test_wake_runs_what_was_requeued_in_the_store_directly() -> None:
         assert wait_until(lambda: ran == ["message.sent"], 5)
     finally:
         receiver.close()
+
+
+@pytest.mark.parametrize(
+    ("process", "size"),
+    [("inline", 0), ("background", 70_000)],
+    ids=["inline receiver", "body too large for the loop"],
+)
+def test_receive_async_on_a_pool_thread_whose_worker_context_raises_is_store_unavailable(
+    process: Any, size: int
+) -> None:
+    """Nothing was recorded: a 503 the sender retries, not an error the adapter makes a 500."""
+    import asyncio
+    import contextlib
+    from collections.abc import Iterator
+
+    @contextlib.contextmanager
+    def unreachable() -> Iterator[None]:
+        raise RuntimeError("the database is out of reach")
+        yield
+
+    store = MemoryStore()
+    with WebhookReceiver(SECRET, store=store, process=process, worker_context=unreachable) as r:
+        body = sample_body("message.received", id="pooled", text="x" * size)
+        with pytest.raises(StoreUnavailable, match="worker_context raised RuntimeError"):
+            asyncio.run(r.receive_async(body, headers_for(body)))
+        assert store.get("message.received:pooled") is None
