@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sqlite3
@@ -118,6 +119,29 @@ def test_a_write_that_raises_refuses_the_whole_batch() -> None:
     assert all(isinstance(r, RuntimeError) for r in results), results
     assert all(isinstance(r, RuntimeError) and isinstance(r.__cause__, OSError) for r in results)
     assert len({id(r) for r in results}) == 3  # one each: a shared one would share a traceback
+
+
+def test_a_write_that_raises_is_logged_by_its_summary_and_in_full_at_debug_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database's error may quote the row it refused on the lines after the first."""
+    caplog.set_level(logging.DEBUG, logger="aerostic_webhooks")
+
+    def broken(batch: list[int]) -> list[int]:
+        raise OSError("disk gone\nDETAIL:  Failing row contains (+919876543210)")
+
+    intake: Intake[int, int] = Intake(broken)
+    try:
+        run(submit_all(intake, [1, 2]))
+    finally:
+        intake.close()
+    ours = [r for r in caplog.records if r.name == "aerostic_webhooks"]
+    [loud] = [r for r in ours if r.levelno >= logging.INFO]
+    assert loud.levelno == logging.ERROR and loud.exc_info is None
+    assert "OSError: disk gone" in loud.getMessage()
+    assert "+919876543210" not in loud.getMessage()
+    [full] = [r for r in ours if r.exc_info is not None]
+    assert full.levelno == logging.DEBUG
 
 
 def test_a_write_with_the_wrong_number_of_outcomes_refuses_the_batch() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,6 @@ from aerostic_webhooks import (
     WebhookReceiver,
     sign,
 )
-from aerostic_webhooks.stores import Record
 from aerostic_webhooks.testing import SAMPLE_PAYLOADS, sample_body, sample_payload
 
 from .conftest import wait_until
@@ -123,22 +123,43 @@ def test_a_store_error_is_logged_by_its_type_and_first_line_only() -> None:
     long = error_summary(RuntimeError("x" * 5000 + "\nmore"))
     assert len(long) == 200 and long.endswith("...")
     assert error_summary(RuntimeError("a\x00b")) == "RuntimeError: a\\x00b"
+    # Text no UTF-8 stream can write (a lone surrogate) would make the log handler fail.
+    assert error_summary(RuntimeError("caf\udce9")) == "RuntimeError: caf\\udce9"
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no")
+
+    assert error_summary(Unprintable()) == "Unprintable: <its message could not be read>"
 
 
-def test_a_store_error_in_full_is_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("failing", ["claim", "purge", "renew", "maintain"])
+def test_a_store_error_in_full_is_logged_at_debug_only(
+    caplog: pytest.LogCaptureFixture, failing: str
+) -> None:
     """The worker logs a failing store call by its summary at WARNING; the whole error, with
     its traceback and the lines that may quote a row, only at DEBUG, for whoever debugs a
     store with the library's logger turned up."""
     detail = f'violates check constraint "c"\nDETAIL:  Failing row contains ({PHONE}, {TEXT})'
 
     class Refusing(MemoryStore):
-        def claim(self, owner: str, *, limit: int, lease: float) -> list[Record]:
-            raise ValueError(detail)
+        def __getattribute__(self, name: str) -> Any:
+            if name == failing:
+
+                def refuse(*args: Any, **kwargs: Any) -> Any:
+                    raise ValueError(detail)
+
+                return refuse
+            return super().__getattribute__(name)
 
     caplog.set_level(logging.DEBUG, logger="aerostic_webhooks")
-    with WebhookReceiver(SECRETS, store=Refusing()) as receiver:
+    with WebhookReceiver(SECRETS, store=Refusing(), lease_seconds=0.3) as receiver:
+        receiver.on("*")(lambda event: wait_until(lambda: any(r.exc_info for r in caplog.records)))
         receiver.start()
-        wait_until(lambda: any(r.exc_info for r in caplog.records))
+        if failing == "renew":  # a handler running as the leases are renewed
+            body = sample_body("message.received")
+            receiver.receive(body, {"X-Aerostic-Signature": sign(body, SECRETS[0])})
+        assert wait_until(lambda: any(r.exc_info for r in caplog.records))
     ours = [r for r in caplog.records if r.name == "aerostic_webhooks"]
     loud = [r for r in ours if r.levelno >= logging.INFO]
     assert loud, "the failing claim was not logged at WARNING"
