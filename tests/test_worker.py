@@ -1303,6 +1303,40 @@ def test_purge_runs_again_every_purge_interval() -> None:
         worker.close(5)
 
 
+def test_purge_waits_its_interval_between_runs() -> None:
+    store = CountingStore()
+    worker = Worker(store, lambda record: None, purge_interval=3600)
+    worker.start()
+    try:
+        assert wait_until(lambda: store.purges >= 1)  # the purge at start
+        time.sleep(0.5)
+        assert store.purges == 1  # the next, in an hour
+    finally:
+        worker.close(5)
+
+
+def test_a_purge_whose_worker_context_raised_is_tried_again_a_second_later() -> None:
+    """Not an hour later, at the next purge_interval: a database out of reach as the
+    worker starts would put off the first purge that long."""
+    store = CountingStore()
+    failed: list[str] = []
+
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        if threading.current_thread().name == "aerostic-webhooks-purge" and not failed:
+            failed.append("once")
+            raise ConnectionError("database out of reach")
+        yield
+
+    worker = Worker(store, lambda record: None, purge_interval=3600, context=context)
+    worker.start()
+    try:
+        assert wait_until(lambda: store.purges >= 1, 5)
+        assert failed == ["once"]
+    finally:
+        worker.close(5)
+
+
 class SlowPurgeStore(MemoryStore):
     """A real MemoryStore whose purge takes as long as deleting a week of a busy receiver's
     records does (seconds: SQLite's batches, or Redis's scripts of 500)."""
@@ -1969,13 +2003,19 @@ def test_close_hands_back_records_claimed_but_not_started(
     store.close()
 
 
-def test_a_store_without_unclaim_leaves_unstarted_records_to_their_leases() -> None:
+def test_a_store_without_unclaim_leaves_unstarted_records_to_their_leases(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="aerostic_webhooks")
     store = WithoutUnclaim()
     worker, release = stop_with_records_claimed_but_not_started(store)
     try:
         for name in ("a", "b", "c"):
             kept = store.get(name)
             assert kept is not None and kept.status is Status.PROCESSING
+        assert "3 record(s) claimed but not started are left to their leases" in caplog.text
+        # The one still running, not the three never started too.
+        assert "1 record(s) still being handled" in caplog.text
     finally:
         release.set()
     assert wait_until(lambda: getattr(store.get("slow"), "status", None) is Status.DONE, 5)
