@@ -1126,6 +1126,7 @@ class WebhooksToPostgres:
 def test_postgres_without_a_database_setting_the_routers_decide(
     client: Client, settings: Any, received: Recorder
 ) -> None:
+    get_receiver()  # built before the routers change: the change builds it again
     settings.DATABASE_ROUTERS = [f"{__name__}.WebhooksToPostgres"]
     assert "DATABASE" not in settings.AEROSTIC_WEBHOOKS
     deliver_all(client, [sample_body("message.read", id="routed")])
@@ -1167,7 +1168,10 @@ def test_override_settings_gives_a_receiver_built_from_the_new_settings(
     get_receiver().on("contact.created")(lambda event: handled.append(event.data.id))
     body = sample_body("contact.created", id="before")
     assert post(client, Case("old", body, signed(body))).status_code == 200
+    replaced = get_receiver()
+    replaced.start()
     with override_settings(AEROSTIC_WEBHOOKS={"SECRET": "whsec_of_this_test"}):
+        assert not replaced._worker.running  # closed, not left running beside the new one
         body = sample_body("contact.created", id="during")
         assert post(client, Case("new", body, signed(body, "whsec_of_this_test"))).status_code == (
             200
@@ -1179,6 +1183,61 @@ def test_override_settings_gives_a_receiver_built_from_the_new_settings(
     assert get_receiver().drain(30)
     assert sorted(handled) == ["after", "before", "during"]
     assert sorted(call["event"].data.id for call in received.calls) == ["after", "before", "during"]
+
+
+def test_override_settings_keeps_the_error_hooks_and_sends_webhook_failed_once(
+    client: Client,
+) -> None:
+    """Error hooks registered on the receiver (``get_receiver().on_error``) stay registered on
+    the one built from the new settings; the app's own hook is not registered twice."""
+    from django.test import override_settings
+
+    hooked: list[str] = []
+    failures = Recorder()
+    get_receiver().on_error(lambda event, error: hooked.append(str(error)))
+
+    def broken(sender: type, **kwargs: Any) -> None:
+        raise RuntimeError("CRM down")
+
+    with (
+        connected((signals.contact_created, broken), (webhook_failed, failures)),
+        override_settings(AEROSTIC_WEBHOOKS={"SECRET": "whsec_of_this_test"}),
+    ):
+        body = sample_body("contact.created", id="boom")
+        assert post(client, Case("new", body, signed(body, "whsec_of_this_test"))).status_code == (
+            200
+        )
+        assert get_receiver().drain(30)
+    assert [str(failure["error"]) for failure in failures.calls] == ["CRM down"]
+    assert len(hooked) == 1
+
+
+def test_a_row_sqlite_refuses_is_a_503_not_a_duplicate() -> None:
+    """Only the unique event id's refusal means "duplicate", on SQLite too, which gives no
+    SQLSTATE: a trigger's (or a CHECK constraint's) refusal is a 503 the sender retries."""
+    from django.db import connections
+
+    table = WebhookEvent._meta.db_table
+    store = DjangoStore()
+    receiver = WebhookReceiver(SECRET, store=store, worker_context=request_cycle)
+    body = sample_body("message.received")
+    try:
+        with connections["default"].cursor() as cursor:
+            cursor.execute(
+                f"CREATE TRIGGER aerostic_test_refuse BEFORE INSERT ON {table} "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the project'); END"
+            )
+        try:
+            with pytest.raises(StoreUnavailable, match="refused by the project"):
+                receiver.receive(body, signed(body))
+            assert store.counts() == dict.fromkeys(Status, 0)
+        finally:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("DROP TRIGGER aerostic_test_refuse")
+        assert receiver.receive(body, signed(body)).duplicate is False  # the sender's retry
+        assert receiver.receive(body, signed(body)).duplicate is True
+    finally:
+        receiver.close()
 
 
 def test_the_purge_command_is_silent_at_verbosity_0(settings: Any) -> None:
@@ -1354,7 +1413,7 @@ def test_the_admin_search_finds_an_event_id_or_data_id_exactly_through_the_index
     assert "message.received:msg_1<" in page and "message.received:msg_12" not in page
     assert "LIKE" not in sql.upper(), sql
     page, _ = changelist_queries(client, {"q": " order.shipped:ord_1 "})
-    assert "order.shipped:ord_1" in page and "msg_1" not in page
+    assert "order.shipped:ord_1<" in page and "msg_1" not in page  # the row, not the box
     page, _ = changelist_queries(client, {"q": "msg"})
     assert "message.received:msg_1" not in page  # no partial match
 
@@ -1415,6 +1474,10 @@ def test_reprocessing_more_than_the_bound_queues_none_and_says_so(
     )
     assert "More than 3 events selected; none queued." in response.content.decode()
     assert set(WebhookEvent.objects.values_list("status", flat=True)) == {"failed"}
+    response = client.post(  # as many as the bound: all of them
+        CHANGELIST, {"action": "reprocess", "_selected_action": pks[:3]}, follow=True
+    )
+    assert "3 event(s) queued to be processed again." in response.content.decode()
 
 
 def test_the_store_purges_sqlite_in_batches_that_let_deliveries_in(
