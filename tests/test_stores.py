@@ -324,6 +324,24 @@ def test_unclaim_keeps_the_attempts_and_error_of_the_runs_before(store: ShippedS
     assert store.unclaim("w", ["a"]) == 0
 
 
+def test_unclaim_never_takes_a_record_below_zero_attempts(store: ShippedStore) -> None:
+    """A record added as processing (as inline mode adds it) may have no attempt charged to
+    give back: it is handed back with none, not with -1."""
+    store.add(
+        record(
+            "a",
+            status=Status.PROCESSING,
+            lease_owner="inline",
+            lease_expires_at=utcnow() + timedelta(seconds=30),
+        )
+    )
+    assert store.unclaim("inline", ["a"]) == 1
+    kept = store.get("a")
+    assert kept is not None and (kept.status, kept.attempts) == (Status.PENDING, 0)
+    [again] = store.claim("w", limit=1, lease=30)
+    assert again.attempts == 1
+
+
 def test_a_released_record_leaves_no_trace_in_lists_or_counts(store: Store) -> None:
     now = utcnow()
     store.add(record("kept", received_at=now - timedelta(seconds=1)))
@@ -577,6 +595,97 @@ def test_requeue_failed_on_redis_takes_a_large_backlog_in_short_steps(
         Status.FAILED: 0,
     }
     store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_requeue_failed_takes_as_many_as_were_failed_when_it_began(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """It works in batches; a record that fails between two of them is left failed, so that
+    records failing again as fast as they are requeued cannot keep it going."""
+    from aerostic_webhooks.stores import redis as redis_module
+    from aerostic_webhooks.stores import sqlite as sqlite_module
+
+    store: Any
+    if kind == "sqlite":
+        monkeypatch.setattr(sqlite_module, "_PURGE_BATCH", 2)
+        store = SQLiteStore(tmp_path / "s.db")
+    else:
+        monkeypatch.setattr(redis_module, "_BATCH", 2)
+        url, prefix = (request.getfixturevalue(name) for name in ("redis_url", "redis_prefix"))
+        store = redis_module.RedisStore(url, prefix=prefix)
+    old = utcnow() - timedelta(minutes=1)
+    assert all(
+        store.add_many([record(f"f{n}", received_at=old, status=Status.FAILED) for n in range(3)])
+    )
+    store.add(record("late"))
+    store.claim("w", limit=1, lease=30)
+    batches: list[int] = []
+
+    def between_batches() -> None:
+        batches.append(len(batches))
+        if len(batches) == 1:  # "late" fails once the first batch is requeued
+            assert store.fail("late", "w", error="Boom: again")
+
+    if kind == "sqlite":
+        real_sleep = time.sleep
+
+        def pause(seconds: float) -> None:
+            assert seconds > 0
+            between_batches()
+            real_sleep(seconds)
+
+        monkeypatch.setattr(sqlite_module, "time", _TimeWithSleep(pause))
+    else:
+        script = store._scripts["requeue_failed"]
+
+        def batch(*args: Any, **kwargs: Any) -> Any:
+            done = script(*args, **kwargs)
+            between_batches()
+            return done
+
+        store._scripts["requeue_failed"] = batch
+    try:
+        assert store.requeue_failed() == 3
+        assert batches
+        counts = store.counts()
+        assert (counts[Status.PENDING], counts[Status.FAILED]) == (3, 1)
+    finally:
+        store.close()
+
+
+class _TimeWithSleep:
+    """The ``time`` module, but for a ``sleep`` of the test's own."""
+
+    def __init__(self, sleep: Any) -> None:
+        self.sleep = sleep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_requeue_failed_on_redis_skips_failed_records_redis_evicted(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed record whose hash Redis evicted is dropped from the failed set, not left
+    at its head to take a place in every batch (and the last records' turn)."""
+    from aerostic_webhooks.stores import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "_BATCH", 2)
+    store = redis_module.RedisStore(redis_url, prefix=redis_prefix)
+    old = utcnow() - timedelta(minutes=1)
+    failed = [
+        record(f"f{n}", received_at=old + timedelta(seconds=n), status=Status.FAILED)
+        for n in range(5)
+    ]
+    assert all(store.add_many(failed))
+    store.client.delete(f"{redis_prefix}r:f0")  # evicted
+    try:
+        assert store.requeue_failed() == 4
+        assert store.counts()[Status.FAILED] == 0
+        assert store.client.zcard(f"{redis_prefix}s:failed") == 0
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
