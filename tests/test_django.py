@@ -1362,12 +1362,14 @@ def add_rows(*records: tuple[str, str, Status]) -> None:
         assert DjangoStore().add(Record(event_id, event_type, body, now, status=status))
 
 
-def changelist_queries(client: Client, params: dict[str, str] | None = None) -> tuple[str, str]:
+def changelist_queries(
+    client: Client, params: dict[str, str] | None = None, using: str = "default"
+) -> tuple[str, str]:
     """The changelist's page and the SQL it ran on the events' table, one statement a line."""
     from django.db import connections
     from django.test.utils import CaptureQueriesContext
 
-    with CaptureQueriesContext(connections["default"]) as captured:
+    with CaptureQueriesContext(connections[using]) as captured:
         response = client.get(CHANGELIST, params or {})
     assert response.status_code == 200
     table = WebhookEvent._meta.db_table
@@ -1396,6 +1398,52 @@ def test_the_admin_changelist_runs_no_query_that_scans_a_big_table(client: Clien
     assert "order.shipped:b" in page and "message.received:a" not in page
     page, sql = changelist_queries(client, {"event_type": "order.shipped"})
     assert "order.shipped:b" in page and "message.received:a" not in page
+
+
+@pytest.mark.skipif(not POSTGRES_AVAILABLE, reason="see test_postgres_is_reachable")
+@pytest.mark.django_db(transaction=True, databases=["default", "postgres"])
+def test_postgres_the_unfiltered_changelist_takes_the_planners_estimate_not_a_count(
+    client: Client, settings: Any
+) -> None:
+    """``SELECT COUNT(*)`` of millions of rows takes seconds on PostgreSQL: unfiltered, the
+    changelist shows the planner's estimate (``pg_class.reltuples``) once it is large; a
+    filter or a search still counts its rows exactly."""
+    from django.db import connections
+
+    settings.AEROSTIC_WEBHOOKS = {**settings.AEROSTIC_WEBHOOKS, "DATABASE": "postgres"}
+    table = WebhookEvent._meta.db_table
+    admin_client(client)
+    add = DjangoStore(using="postgres").add
+    assert add(Record("order.shipped:few", "order.shipped", b"{}", utcnow()))
+    # Never analyzed (reltuples -1), or small: the real count.
+    with connections["postgres"].cursor() as cursor:
+        cursor.execute(f"ANALYZE {table}")
+    page, sql = changelist_queries(client, using="postgres")
+    assert "order.shipped:few" in page
+    assert sql.upper().count("COUNT(") == 1, sql
+    rows = 10_500  # past the estimate the admin trusts (10,000 rows)
+    with connections["postgres"].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (event_id, event_type, body, received_at, status, attempts, "
+            "last_error) SELECT 'message.read:bulk' || n, 'message.read', '\\x7b7d'::bytea, "
+            "now() - interval '1 day', 'done', 1, '' FROM generate_series(1, %s) AS n",
+            [rows],
+        )
+        cursor.execute(f"ANALYZE {table}")
+    page, sql = changelist_queries(client, using="postgres")
+    assert "COUNT(" not in sql.upper(), sql
+    assert "order.shipped:few" in page
+    assert f"{rows + 1:,}".replace(",", "") in page.replace(",", "")  # the estimate, exact here
+    # Filtered, searched: counted exactly.
+    page, sql = changelist_queries(client, {"event_type": "order.shipped"}, using="postgres")
+    assert sql.upper().count("COUNT(") == 1, sql
+    assert "1 webhook event" in page and "message.read:bulk" not in page
+    page, sql = changelist_queries(client, {"q": "order.shipped:few"}, using="postgres")
+    assert sql.upper().count("COUNT(") == 1, sql
+    assert "1 webhook event" in page
+    page, sql = changelist_queries(client, {"status__exact": "done"}, using="postgres")
+    assert sql.upper().count("COUNT(") == 1, sql
+    assert f"{rows} webhook events" in page.replace(",", "")
 
 
 def test_the_admin_search_finds_an_event_id_or_data_id_exactly_through_the_index(
