@@ -360,6 +360,30 @@ def copy_the_seed(path: Path, many: int) -> None:
         )
 
 
+def deliveries_while(
+    operation: Callable[[], int], web_side: SQLiteStore
+) -> tuple[int, list[float]]:
+    """Run ``operation`` (a long write on another connection) on a thread and deliver to
+    ``web_side`` every 10 ms meanwhile: its result, and how long each delivery waited. A
+    delivery that waited out its busy timeout fails the test (StoreUnavailable)."""
+    result: list[int] = []
+    running = threading.Thread(target=lambda: result.append(operation()))
+    running.start()
+    waits = []
+    try:
+        n = 0
+        while running.is_alive():
+            started = time.monotonic()
+            assert web_side.add(*pending(f"new{n}")) is True
+            waits.append(time.monotonic() - started)
+            n += 1
+            time.sleep(0.01)
+    finally:
+        running.join()
+    assert len(result) == 1, "the operation raised"
+    return result[0], waits
+
+
 def test_a_large_sqlite_requeue_failed_does_not_hold_deliveries_past_their_busy_timeout(
     tmp_path: Path,
 ) -> None:
@@ -373,21 +397,8 @@ def test_a_large_sqlite_requeue_failed_does_not_hold_deliveries_past_their_busy_
     many = 150_000
     copy_the_seed(path, many)
     web_side = SQLiteStore(path, busy_timeout=0.1)
-    requeued: list[int] = []
-    requeuing = threading.Thread(target=lambda: requeued.append(worker_side.requeue_failed()))
-    requeuing.start()
-    waits = []
-    try:
-        n = 0
-        while requeuing.is_alive():
-            started = time.monotonic()
-            assert web_side.add(*pending(f"new{n}")) is True  # StoreUnavailable before
-            waits.append(time.monotonic() - started)
-            n += 1
-            time.sleep(0.01)
-    finally:
-        requeuing.join()
-    assert requeued == [many + 1]
+    requeued, waits = deliveries_while(worker_side.requeue_failed, web_side)
+    assert requeued == many + 1
     assert waits  # some were recorded while the requeue ran
     assert web_side.counts() == {
         Status.PENDING: many + 1 + len(waits),
@@ -415,23 +426,10 @@ def test_a_large_sqlite_purge_does_not_hold_deliveries_past_their_busy_timeout(
     many = 150_000
     copy_the_seed(path, many)
     web_side = SQLiteStore(path, busy_timeout=0.1)
-    purged: list[int] = []
-    purging = threading.Thread(
-        target=lambda: purged.append(worker_side.purge(older_than=utcnow() - timedelta(days=7)))
+    purged, waits = deliveries_while(
+        lambda: worker_side.purge(older_than=utcnow() - timedelta(days=7)), web_side
     )
-    purging.start()
-    waits = []
-    try:
-        n = 0
-        while purging.is_alive():
-            started = time.monotonic()
-            assert web_side.add(*pending(f"new{n}")) is True  # StoreUnavailable before
-            waits.append(time.monotonic() - started)
-            n += 1
-            time.sleep(0.01)
-    finally:
-        purging.join()
-    assert purged == [many + 1]
+    assert purged == many + 1
     assert waits  # some were recorded while the purge ran
     assert web_side.counts()[Status.PENDING] == len(waits)
     worker_side.close()
