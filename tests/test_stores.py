@@ -654,6 +654,60 @@ def test_requeue_failed_takes_as_many_as_were_failed_when_it_began(
         store.close()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_purge_stops_between_batches_once_the_store_is_closed(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A worker's close() waits only so long for a purge of a week of records; one that went
+    on after the store's close() opened a connection that nothing closed. It stops after the
+    batch under way, and the next purge takes the rest."""
+    from aerostic_webhooks.stores import redis as redis_module
+    from aerostic_webhooks.stores import sqlite as sqlite_module
+
+    store: Any
+    batches: list[int] = []
+    if kind == "sqlite":
+        monkeypatch.setattr(sqlite_module, "_PURGE_BATCH", 2)
+        store = SQLiteStore(tmp_path / "s.db")
+        real_sleep = time.sleep
+
+        def pause(seconds: float) -> None:
+            batches.append(len(batches))
+            if len(batches) == 1:
+                store.close()  # as the worker's close() would, from another thread
+            real_sleep(seconds)
+
+        monkeypatch.setattr(sqlite_module, "time", _TimeWithSleep(pause))
+    else:
+        monkeypatch.setattr(redis_module, "_BATCH", 2)
+        url, prefix = (request.getfixturevalue(name) for name in ("redis_url", "redis_prefix"))
+        store = redis_module.RedisStore(url, prefix=prefix)
+        script = store._scripts["purge"]
+
+        def batch(*args: Any, **kwargs: Any) -> Any:
+            done = script(*args, **kwargs)
+            batches.append(len(batches))
+            if len(batches) == 1:
+                store.close()
+            return done
+
+        store._scripts["purge"] = batch
+    old = utcnow() - timedelta(days=30)
+    assert all(
+        store.add_many([record(f"o{n}", received_at=old, status=Status.DONE) for n in range(5)])
+    )
+    cutoff = utcnow() - timedelta(days=7)
+    try:
+        assert store.purge(older_than=cutoff) == 2
+        assert batches == [0]
+        if kind == "sqlite":
+            assert store._work._conn is None, "the purge opened a connection after close()"
+        assert store.purge(older_than=cutoff) == 3  # the next purge, once started again
+        assert store.list() == []
+    finally:
+        store.close()
+
+
 class _TimeWithSleep:
     """The ``time`` module, but for a ``sleep`` of the test's own."""
 

@@ -288,6 +288,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self._eviction_checked = False
+        self._closes = 0  # a batched purge that sees it change stops: close() came meanwhile
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
@@ -523,17 +524,21 @@ class RedisStore:
         return datetime.fromtimestamp(float(first[0][1]), timezone.utc) if first else None
 
     def purge(self, *, older_than: datetime) -> int:
+        """In batches of ``_BATCH``, one script each; stopped between two by ``close()``,
+        after which another would open a connection that nothing closes."""
+        closes = self._closes
         total = 0
         while True:
             purged = int(self._run("purge", repr(older_than.timestamp()), _BATCH))
             total += purged
-            if purged == 0:
+            if purged == 0 or self._closes != closes:
                 return total
 
     def maintain(self) -> None:
         """Nothing to keep up: Redis does its own."""
 
     def close(self) -> None:
+        self._closes += 1
         self.client.close()
 
     def __enter__(self) -> RedisStore:

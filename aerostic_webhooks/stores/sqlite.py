@@ -318,6 +318,7 @@ class SQLiteStore:
         # in this process (SQLite itself orders the writes of both, as it does across processes).
         self._intake = _Connection(self._open_intake, retry_busy=busy_timeout)
         self._work = _Connection(self._open)
+        self._closes = 0  # a batched purge that sees it change stops: close() came meanwhile
 
     def _open_intake(self) -> sqlite3.Connection:
         """The deliveries' connection: it leaves WAL checkpoints to the worker's connection,
@@ -642,6 +643,7 @@ class SQLiteStore:
         seconds, and deliveries waited out their busy timeout (503s) meanwhile; the pause
         lets those waiting for the lock (sleeping up to ``_RETRY_MAX`` a try) take it."""
         cutoff = older_than.timestamp()
+        closes = self._closes
         total = 0
         while True:
             with self._cursor() as conn:
@@ -650,6 +652,11 @@ class SQLiteStore:
             if deleted < _PURGE_BATCH:
                 return total
             time.sleep(_PURGE_PAUSE)
+            if self._closes != closes:
+                # close() came meanwhile (a worker's, which waits only so long for a purge):
+                # another batch would open a connection that nothing closes. The next
+                # purge takes the rest.
+                return total
 
     def maintain(self) -> None:
         """Checkpoint the WAL on the worker's connection, so that deliveries never do, even
@@ -658,6 +665,7 @@ class SQLiteStore:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
+        self._closes += 1
         self._intake.close()
         self._work.close()
 
