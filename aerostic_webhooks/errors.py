@@ -1,7 +1,9 @@
-"""Errors raised by ``WebhookReceiver.receive``; each knows its HTTP status and public message."""
+"""Errors raised by ``WebhookReceiver.receive``, each with its HTTP status and public message;
+and what the library's logs say of any error."""
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 __all__ = [
@@ -35,6 +37,16 @@ def error_summary(error: BaseException) -> str:
     if len(text) > _MAX_SUMMARY:
         text = text[: _MAX_SUMMARY - 3] + "..."
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def log_failure(
+    logger: logging.Logger, level: int, message: str, *args: object, error: BaseException
+) -> None:
+    """Log ``message`` at ``level`` with the error's summary as its last argument, and the
+    whole error, traceback and all, at DEBUG only: its text may quote a database row, payload
+    and all (see ``error_summary``)."""
+    logger.log(level, message, *args, error_summary(error), stacklevel=2)
+    logger.debug("the error above, in full", exc_info=error, stacklevel=2)
 
 
 class WebhookError(Exception):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, NamedTuple, TypeVar
 
-from .errors import error_summary
+from .errors import log_failure
 
 __all__ = ["HANDLER_THREADS", "INLINE_MAX_BYTES", "Intake", "handler_pool", "off_loop"]
 
@@ -121,12 +121,13 @@ class Intake(Generic[T, R]):
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"{len(outcomes)} outcomes for a batch of {len(batch)}")
         except BaseException as error:  # every waiting request is refused instead
-            logger.error(
-                "the intake's write raised (%s); %d deliveries refused",
-                error_summary(error),
+            log_failure(
+                logger,
+                logging.ERROR,
+                "the intake's write raised; %d deliveries refused (%s)",
                 len(batch),
+                error=error,
             )
-            logger.debug("the error above, in full", exc_info=error)
             outcomes = [_failure(error) for _ in batch]
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[object], object]]]
         by_loop = {}

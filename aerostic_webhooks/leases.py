@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
-from .errors import error_summary
+from .errors import log_failure
 from .stores.base import Store
 
 __all__ = ["LeaseKeeper"]
@@ -111,7 +111,9 @@ class LeaseKeeper:
                 with self._context():
                     self._store.renew(self._owner, held, lease=self._lease)
             except Exception as error:
-                logger.warning(
-                    "could not renew inline leases (%s); trying again", error_summary(error)
+                log_failure(
+                    logger,
+                    logging.WARNING,
+                    "could not renew inline leases (%s); trying again",
+                    error=error,
                 )
-                logger.debug("the error above, in full", exc_info=error)

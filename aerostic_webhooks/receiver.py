@@ -22,7 +22,7 @@ from .errors import (
     ProcessingFailed,
     StoreUnavailable,
     WebhookError,
-    error_summary,
+    log_failure,
 )
 from .events import Event, parse_event
 from .intake import INLINE_MAX_BYTES, Intake, handler_pool, off_loop
@@ -586,10 +586,12 @@ class WebhookReceiver:
             try:
                 self._worker.drain(timeout)
             except Exception as error:  # the store is down: what is due stays recorded for later
-                logger.warning(
-                    "could not finish the due work at shutdown (%s)", error_summary(error)
+                log_failure(
+                    logger,
+                    logging.WARNING,
+                    "could not finish the due work at shutdown (%s)",
+                    error=error,
                 )
-                logger.debug("the error above, in full", exc_info=error)
         self.close(max(deadline - time.monotonic(), 0.0))
 
     def retry(self, event_id: str) -> bool:

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import SupportsIndex, TypeVar
 
-from .errors import error_summary
+from .errors import log_failure
 from .stores.base import LEASE_LAPSED, Record, Status, Store, utcnow
 
 __all__ = [
@@ -438,13 +438,14 @@ class Worker:
                 for owner, event_ids in by_owner.items():
                     unclaim(owner, event_ids)
         except Exception as error:
-            logger.warning(
+            log_failure(
+                logger,
+                logging.WARNING,
                 "could not hand back %d record(s) claimed but not started (%s): left to their "
                 "leases, each is counted an attempt when it is taken up again",
                 len(records),
-                error_summary(error),
+                error=error,
             )
-            logger.debug("the error above, in full", exc_info=error)
         else:
             logger.info(
                 "%d record(s) claimed but not started were handed back to the store, due now",
@@ -510,16 +511,16 @@ class Worker:
         """The worker's context raised (Django's, when its database is out of reach): say so
         once a spell, and wait a second before the thread tries again.
 
-        Here, as for every store error, the log has ``error_summary``, never the traceback:
-        a database error's text may quote a row, payload and all."""
+        Here, as for every store error, the log at WARNING has the error's summary, never
+        its traceback (``log_failure``): a database error's text may quote a row."""
         with self._changed:
             first, self._context_failing = not self._context_failing, True
-        logger.log(
+        log_failure(
+            logger,
             logging.WARNING if first else logging.DEBUG,
             "the worker's context (worker_context) failed (%s); trying again in a second",
-            error_summary(error),
+            error=error,
         )
-        logger.debug("the error above, in full", exc_info=error)
         stopped.wait(1.0)
 
     def _step_in_context(self, stopped: threading.Event, ready: collections.deque[Record]) -> bool:
@@ -594,10 +595,12 @@ class Worker:
                 self._looked = wakes
                 self._drained_at = time.monotonic()
         except Exception as error:
-            logger.warning(
-                "could not claim work from the store (%s); trying again", error_summary(error)
+            log_failure(
+                logger,
+                logging.WARNING,
+                "could not claim work from the store (%s); trying again",
+                error=error,
             )
-            logger.debug("the error above, in full", exc_info=error)
             stopped.wait(self._poll_interval)
         finally:
             with self._changed:
@@ -723,25 +726,26 @@ class Worker:
                 else f"record the failure of {records[0].event_id}"
             )
             if last_try or now - since >= self._lease:
-                logger.warning(
+                log_failure(
+                    logger,
+                    logging.WARNING,
                     "could not %s for %.1fs; left to the lease: once it ends, a record with "
                     "attempts left runs again, one with none is kept as failed ('lease expired')"
                     " (%s)",
                     outcome,
                     now - since,
-                    error_summary(failure),
+                    error=failure,
                 )
-                logger.debug("the error above, in full", exc_info=failure)
             else:
                 with self._changed:
                     self._unsettled.append((owner, records, error, since))
-                logger.log(
+                log_failure(
+                    logger,
                     logging.WARNING if failing_since is None else logging.DEBUG,
                     "could not %s (%s); trying again while the lease lasts",
                     outcome,
-                    error_summary(failure),
+                    error=failure,
                 )
-                logger.debug("the error above, in full", exc_info=failure)
                 return
         except BaseException:
             self._forget(records)  # this thread is going down: leave them to their leases
@@ -824,12 +828,13 @@ class Worker:
                 # out.
                 self._complete_unsettled(last_try=True)
         except Exception as error:
-            logger.warning(
+            log_failure(
+                logger,
+                logging.WARNING,
                 "the worker's context (worker_context) failed at close (%s): outcomes not yet "
                 "recorded are left to their leases",
-                error_summary(error),
+                error=error,
             )
-            logger.debug("the error above, in full", exc_info=error)
 
     def _purging(self, finished: threading.Event) -> None:
         """Purge records past retention at start and every ``purge_interval``, on a thread of
@@ -849,8 +854,9 @@ class Worker:
         try:
             self.store.maintain()
         except Exception as error:
-            logger.warning("store upkeep failed (%s); trying again", error_summary(error))
-            logger.debug("the error above, in full", exc_info=error)
+            log_failure(
+                logger, logging.WARNING, "store upkeep failed (%s); trying again", error=error
+            )
 
     def _renew(self) -> None:
         with self._changed:
@@ -859,17 +865,20 @@ class Worker:
             for owner, event_id in held:
                 self.store.renew(owner, [event_id], lease=self._lease)
         except Exception as error:
-            logger.warning("could not renew leases (%s); trying again", error_summary(error))
-            logger.debug("the error above, in full", exc_info=error)
+            log_failure(
+                logger, logging.WARNING, "could not renew leases (%s); trying again", error=error
+            )
 
     def _purge(self) -> None:
         try:
             purged = self.store.purge(older_than=utcnow() - self._retention)
         except Exception as error:
-            logger.warning(
-                "could not purge old records (%s); trying again later", error_summary(error)
+            log_failure(
+                logger,
+                logging.WARNING,
+                "could not purge old records (%s); trying again later",
+                error=error,
             )
-            logger.debug("the error above, in full", exc_info=error)
             return
         if purged:
             logger.info("purged %d records older than %s", purged, self._retention)
