@@ -17,6 +17,19 @@ __all__ = [
 
 
 _MAX_SUMMARY = 200
+_MAX_ERROR_TEXT = 4000
+
+
+def error_text(error: BaseException) -> str:
+    """``"ValueError: CRM is down"``: an error as a record keeps it, text every store takes.
+
+    A message may hold what no store can write (a lone surrogate from ``surrogateescape``
+    text, a NUL for PostgreSQL), or its ``__str__`` may raise; then the outcome of the record
+    could never be recorded.
+    """
+    # Cut before escaping too: a message may be megabytes long.
+    text = f"{type(error).__name__}: {_message(error)}"[:_MAX_ERROR_TEXT]
+    return _storable(text)[:_MAX_ERROR_TEXT]
 
 
 def error_summary(error: BaseException) -> str:
@@ -27,15 +40,23 @@ def error_summary(error: BaseException) -> str:
     error's further lines may quote the row it refused (PostgreSQL's ``DETAIL:  Failing row
     contains (...)``), payload and all: phone numbers and message texts never reach a log.
     """
-    try:
-        message = str(error)
-    except Exception:
-        message = "<its message could not be read>"
-    lines = message.strip().splitlines()
+    lines = _message(error).strip().splitlines()
     first = lines[0].strip() if lines else ""
     text = f"{type(error).__name__}: {first}" if first else type(error).__name__
     if len(text) > _MAX_SUMMARY:
         text = text[: _MAX_SUMMARY - 3] + "..."
+    return _storable(text)
+
+
+def _message(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # its __str__ raised
+        return "<its message could not be read>"
+
+
+def _storable(text: str) -> str:
+    """``text`` with what no store (or log) can take escaped: lone surrogates, NUL."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 

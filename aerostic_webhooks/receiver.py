@@ -22,6 +22,7 @@ from .errors import (
     ProcessingFailed,
     StoreUnavailable,
     WebhookError,
+    error_text,
     log_failure,
 )
 from .events import Event, parse_event
@@ -35,7 +36,6 @@ from .worker import (
     LoopThread,
     Worker,
     check_settings,
-    error_text,
     new_owner_id,
 )
 

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import SupportsIndex, TypeVar
 
-from .errors import log_failure
+from .errors import error_text, log_failure
 from .stores.base import LEASE_LAPSED, Record, Status, Store, utcnow
 
 __all__ = [
@@ -117,25 +117,6 @@ def check_settings(
     # Plain floats: a float of another kind (numpy's) keeps its kind through sums, and
     # RedisStore sends repr(time.time() + seconds), which Redis must read as a number.
     return tuple(float(delay) for delay in delays)
-
-
-_MAX_ERROR_TEXT = 4000
-
-
-def error_text(error: BaseException) -> str:
-    """``"ValueError: CRM is down"``: an error as a record keeps it, text every store takes.
-
-    A message may hold what no store can write (a lone surrogate from ``surrogateescape``
-    text, a NUL for PostgreSQL), or its ``__str__`` may raise; then the outcome of the record
-    could never be recorded.
-    """
-    try:
-        text = f"{type(error).__name__}: {error}"
-    except Exception:
-        text = f"{type(error).__name__}: <its message could not be read>"
-    text = text[:_MAX_ERROR_TEXT]  # before escaping: a message may be megabytes long
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-    return text[:_MAX_ERROR_TEXT]
 
 
 def is_number(value: object) -> bool:
