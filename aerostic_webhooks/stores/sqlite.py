@@ -236,12 +236,6 @@ _PURGE = (
     "WHERE status IN ('done', 'failed') AND received_at < ? LIMIT ?)"
 )
 
-# requeue_failed() goes the same way: the failed records, from their partial index.
-_REQUEUE_FAILED = (
-    f"UPDATE {_TABLE} SET status = 'pending', attempts = 0, next_attempt_at = ?, due_at = ?, "
-    f"updated_at = ? WHERE rowid IN (SELECT rowid FROM {_TABLE} WHERE status = 'failed' LIMIT ?)"
-)
-
 _INSERT = (
     f"INSERT OR IGNORE INTO {_TABLE} ({_COLUMNS}, due_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -528,6 +522,11 @@ class SQLiteStore:
         f"UPDATE {_TABLE} SET status = 'pending', attempts = 0, next_attempt_at = :now, "
         "due_at = :now, updated_at = :now WHERE status != 'processing'"
     )
+    # requeue_failed() goes in batches, as purge() does: failed records, from their index.
+    _REQUEUE_FAILED = (
+        _REQUEUE
+        + f" AND rowid IN (SELECT rowid FROM {_TABLE} WHERE status = 'failed' LIMIT :batch)"
+    )
 
     def requeue(self, event_id: str) -> bool:
         with self._cursor() as conn:
@@ -551,7 +550,7 @@ class SQLiteStore:
             now = time.time()
             with self._cursor() as conn:
                 batch = min(left, _PURGE_BATCH)
-                changed = conn.execute(_REQUEUE_FAILED, (now, now, now, batch)).rowcount
+                changed = conn.execute(self._REQUEUE_FAILED, {"now": now, "batch": batch}).rowcount
             total += changed
             left -= batch
             if changed < batch:
