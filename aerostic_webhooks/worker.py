@@ -411,13 +411,10 @@ class Worker:
             )
             self._forget(records)
             return
-        by_owner: dict[str, list[str]] = {}
-        for record in records:
-            by_owner.setdefault(record.lease_owner or self.owner, []).append(record.event_id)
         try:
             with self._context():
-                for owner, event_ids in by_owner.items():
-                    unclaim(owner, event_ids)
+                for owner, owned in self._by_owner(records).items():
+                    unclaim(owner, [record.event_id for record in owned])
         except Exception as error:
             log_failure(
                 logger,
@@ -627,10 +624,15 @@ class Worker:
             return
         with self._changed:
             records, self._done = self._done, []
+        by_owner = self._by_owner(records)
+        self._settle_each([(owner, owned, None, None) for owner, owned in by_owner.items()])
+
+    def _by_owner(self, records: Sequence[Record]) -> dict[str, list[Record]]:
+        """Records by the claim that holds them: a store call settles one claim's records."""
         by_owner: dict[str, list[Record]] = {}
         for record in records:
             by_owner.setdefault(record.lease_owner or self.owner, []).append(record)
-        self._settle_each([(owner, owned, None, None) for owner, owned in by_owner.items()])
+        return by_owner
 
     def _complete_unsettled(self, *, last_try: bool = False) -> None:
         """Try again to record the outcomes that a failed store call left unrecorded."""
