@@ -429,18 +429,12 @@ def _load_receiver(spec: str) -> WebhookReceiver:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     receiver = _load_receiver(args.app)
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    receiver.start()
-    print(f"worker started for {args.app}", flush=True)
-    stop.wait()
-    print("stopping: waiting for running handlers", flush=True)
-    receiver.close(timeout=30)
+    with _stop_requests() as stop:
+        receiver.start()
+        print(f"worker started for {args.app}", flush=True)
+        stop.wait()
+        print("stopping: waiting for running handlers", flush=True)
+        receiver.close(timeout=30)
     print("worker stopped", flush=True)
     return 0
 
