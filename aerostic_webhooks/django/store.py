@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import overload
 
@@ -265,18 +265,7 @@ class DjangoStore:
         failed = self._rows().filter(status=Status.FAILED.value)
         if connections[self.using].vendor != "sqlite":
             return self._requeue(failed)
-        left = failed.count()
-        total = 0
-        while left > 0:
-            batch = list(failed.values_list("pk", flat=True)[: min(left, PURGE_BATCH)])
-            if not batch:
-                break
-            # filter() keeps the status: a row requeued since its id was read is not counted.
-            total += self._requeue(failed.filter(pk__in=batch))
-            left -= len(batch)
-            if left > 0:
-                time.sleep(_PURGE_PAUSE)
-        return total
+        return _in_batches(failed, self._requeue, most=failed.count())
 
     def get(self, event_id: str) -> Record | None:
         row = self._rows().filter(event_id=event_id).first()
@@ -314,20 +303,38 @@ class DjangoStore:
         if connections[self.using].vendor != "sqlite":
             deleted, _ = old.delete()
             return int(deleted)
-        total = 0
-        while True:
-            batch = list(old.values_list("pk", flat=True)[:PURGE_BATCH])
-            if not batch:
-                return total
-            # The conditions again: a row requeued since its id was read is not deleted.
-            deleted, _ = old.filter(pk__in=batch).delete()
-            total += int(deleted)
-            if len(batch) < PURGE_BATCH:
-                return total
-            time.sleep(_PURGE_PAUSE)
+        return _in_batches(old, lambda batch: int(batch.delete()[0]))
 
     def maintain(self) -> None:
         """Nothing to keep up: the database does its own."""
 
     def close(self) -> None:
         """Django manages the connections."""
+
+
+def _in_batches(
+    rows: QuerySet[WebhookEvent],
+    change: Callable[[QuerySet[WebhookEvent]], int],
+    *,
+    most: int | None = None,
+) -> int:
+    """``change`` ``rows`` ``PURGE_BATCH`` at a time, pausing between batches (SQLite's one
+    write lock): until ``most`` rows are done, or without it until a batch comes short. How
+    many were changed."""
+    total = 0
+    while most is None or most > 0:
+        size = PURGE_BATCH if most is None else min(most, PURGE_BATCH)
+        batch = list(rows.values_list("pk", flat=True)[:size])
+        if not batch:
+            break
+        # rows' conditions again, not the ids alone: a row changed since its id was read
+        # (requeued, say) is left as it now is.
+        total += change(rows.filter(pk__in=batch))
+        if most is not None:
+            most -= len(batch)
+            if most <= 0:
+                break
+        elif len(batch) < PURGE_BATCH:
+            break
+        time.sleep(_PURGE_PAUSE)
+    return total
