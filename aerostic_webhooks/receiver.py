@@ -125,6 +125,14 @@ def _describe_id(event_id: object) -> str:
     return "but one that is not UTF-8 text (a lone surrogate)"
 
 
+def _context_refusal(error: Exception, deliveries: int) -> StoreUnavailable:
+    """The 503 of deliveries refused because ``worker_context`` raised, said once in the log."""
+    logger.warning(
+        "worker_context failed, %d delivery(ies) refused: %s", deliveries, type(error).__name__
+    )
+    return StoreUnavailable(f"worker_context raised {type(error).__name__}")
+
+
 def _header(headers: Headers, name: str) -> str | bytes | None:
     """Find a header whatever the mapping: case-insensitive ones, plain dicts, lists of pairs."""
     if type(headers) in SEPARATE_LINES:
@@ -318,8 +326,7 @@ class WebhookReceiver:
             try:
                 stack.enter_context(self._context())
             except Exception as error:
-                logger.warning("worker_context failed, delivery refused: %s", type(error).__name__)
-                raise StoreUnavailable(f"worker_context raised {type(error).__name__}") from None
+                raise _context_refusal(error, 1) from None
             return self.receive(body, headers)
 
     def _record_batch(
@@ -334,9 +341,8 @@ class WebhookReceiver:
             with self._context():
                 return self._record_on_this_thread(batch)
         except Exception as error:
-            logger.warning("worker_context failed, deliveries refused: %s", type(error).__name__)
-            reason = f"worker_context raised {type(error).__name__}"
-            return [StoreUnavailable(reason) for _ in batch]
+            refusal = _context_refusal(error, len(batch))
+            return [StoreUnavailable(refusal.reason) for _ in batch]
 
     def _record_on_this_thread(
         self, batch: list[tuple[Event, str, bytes]]
